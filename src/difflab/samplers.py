@@ -1,0 +1,147 @@
+"""Samplers: small pure functions over a denoiser and a decreasing list of noise levels.
+
+Every sampler has one signature::
+
+    sample_X(denoiser, x, sigmas, cond=None, generator=None, callback=None, **options) -> x0
+
+``denoiser(x, sigma, cond) -> x0_hat`` is the VE-form contract of ``difflab.denoiser``; ``x`` is
+the starting noise already scaled by ``sigmas[0]``; ``sigmas`` is a 1-D tensor ending in 0 (see
+``difflab.schedules.sigma_grid``); ``callback(i, sigma, x, x0_hat)`` is called once per step.
+
+| code        | paper symbol       | meaning                                          |
+|-------------|--------------------|--------------------------------------------------|
+| sigma       | sigma_i            | current noise level (VE form x = x0 + sigma n)   |
+| sigma_next  | sigma_{i+1}        | next noise level                                 |
+| x0_hat      | D(x; sigma)        | denoised estimate                                |
+| d           | dx/dsigma          | probability-flow ODE slope (x - x0_hat) / sigma, Karras et al. 2022 eq. 3 |
+| sigma_up    | -                  | std of fresh noise added in an ancestral step    |
+| sigma_down  | -                  | deterministic target level of an ancestral step  |
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from difflab.denoiser import append_dims
+
+
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of a DDIM step with stochasticity eta, written in the VE form.
+
+    Song et al. 2021 (DDIM), eq. 16, sigma_t(eta) = eta sqrt((1-ab_{t-1})/(1-ab_t)) sqrt(1-ab_t/ab_{t-1});
+    with ab = 1/(1+sigma^2) and the VE rescaling this becomes
+    sigma_up = eta * sigma_next * sqrt(sigma^2 - sigma_next^2) / sigma,
+    sigma_down = sqrt(sigma_next^2 - sigma_up^2).
+    """
+    if sigma_next == 0:
+        return 0.0, 0.0
+    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(max(sigma**2 - sigma_next**2, 0.0)) / sigma)
+    return math.sqrt(max(sigma_next**2 - sigma_up**2, 0.0)), sigma_up
+
+
+@torch.no_grad()
+def sample_ddim(denoiser, x, sigmas, cond=None, generator=None, callback=None, eta: float = 0.0):
+    """DDIM, Song et al. 2021, eq. 12, in the VE form:
+    x_next = x0_hat + sigma_down * eps_hat + sigma_up * z, eps_hat = (x - x0_hat) / sigma.
+    eta = 0 is deterministic (and equals Euler on the same grid); eta = 1 is DDPM ancestral."""
+    sigmas = [float(s) for s in sigmas]
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        x0_hat = denoiser(x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, x0_hat)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        eps_hat = (x - x0_hat) / sigma
+        x = x0_hat + sigma_down * eps_hat
+        if sigma_up > 0:
+            x = x + sigma_up * _noise_like(x, generator)
+    return x
+
+
+@torch.no_grad()
+def sample_ddpm(denoiser, x, sigmas, cond=None, generator=None, callback=None):
+    """DDPM ancestral sampling, Ho et al. 2020, Algorithm 2 with the posterior of eqs. 6-7:
+    x_{t-1} ~ N(mu_tilde(x_t, x0_hat), beta_tilde I),
+    mu_tilde = sqrt(ab_prev) beta_t / (1 - ab_t) x0_hat + sqrt(alpha_t) (1 - ab_prev) / (1 - ab_t) x_t,
+    beta_tilde = (1 - ab_prev) / (1 - ab_t) beta_t, alpha_t = ab_t / ab_prev, beta_t = 1 - alpha_t.
+    Works on any sub-grid of levels (the pair of consecutive levels defines alpha_t). The state is
+    kept in VP form internally and returned in VE form (equal at sigma = 0)."""
+    sigmas = [float(s) for s in sigmas]
+    x_t = x / math.sqrt(1 + sigmas[0] ** 2)  # VE -> VP
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        ab, ab_prev = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
+        x0_hat = denoiser(x_t / math.sqrt(ab), sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x_t / math.sqrt(ab), x0_hat)
+        alpha_t = ab / ab_prev
+        beta_t = 1 - alpha_t
+        mean = (math.sqrt(ab_prev) * beta_t / (1 - ab)) * x0_hat + \
+            (math.sqrt(alpha_t) * (1 - ab_prev) / (1 - ab)) * x_t
+        variance = (1 - ab_prev) / (1 - ab) * beta_t
+        x_t = mean + math.sqrt(variance) * _noise_like(x_t, generator) if variance > 0 else mean
+    return x_t * math.sqrt(1 + sigmas[-1] ** 2)
+
+
+@torch.no_grad()
+def sample_euler(denoiser, x, sigmas, cond=None, generator=None, callback=None):
+    """Euler steps on the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma
+    (Karras et al. 2022, eq. 3 with s = 1, sigma(t) = t; Algorithm 1 without the Heun correction)."""
+    sigmas = [float(s) for s in sigmas]
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        x0_hat = denoiser(x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, x0_hat)
+        d = (x - x0_hat) / sigma
+        x = x + d * (sigma_next - sigma)
+    return x
+
+
+def guided(denoiser, guidance_scale: float):
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as a denoiser:
+    D_w(x) = D(x, null) + w (D(x, c) - D(x, null)); w = 1 is plain conditional sampling."""
+    if guidance_scale == 1.0:
+        return denoiser
+
+    def guided_denoiser(x, sigma, cond=None):
+        if cond is None:
+            return denoiser(x, sigma, None)
+        both = denoiser(torch.cat([x, x]), torch.as_tensor(sigma).expand(2 * x.shape[0])
+                        if torch.as_tensor(sigma).dim() else sigma,
+                        torch.cat([cond, torch.full_like(cond, -1)]))
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    return guided_denoiser
+
+
+SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "euler": sample_euler}
+
+
+def get_sampler(name: str):
+    """The sampler function called ``name``; ValueError listing the valid names otherwise."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    return SAMPLERS[name]
+
+
+def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid: str | None = None,
+           cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           guidance_scale: float = 1.0, callback=None, **options) -> torch.Tensor:
+    """Draw samples of ``shape`` from a Denoiser: build the sigma grid (the trained DDPM grid
+    for DDPM-trained models, else Karras), scale the start noise and run the named sampler."""
+    from difflab.schedules import sigma_grid
+
+    fn = get_sampler(sampler)
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    alpha_bar = getattr(denoiser, "alpha_bar", None)
+    if grid is None:
+        grid = "ddpm" if alpha_bar is not None else "karras"
+    sigmas = sigma_grid(grid, steps, denoiser.sigma_min, denoiser.sigma_max, alpha_bar=alpha_bar)
+    x = _noise_like(torch.empty(shape), generator) * float(sigmas[0])
+    return fn(guided(denoiser, guidance_scale), x, sigmas, cond=cond, generator=generator,
+              callback=callback, **options)
