@@ -24,6 +24,7 @@ import math
 import torch
 
 from difflab.denoiser import append_dims
+from difflab.sde import sample_ald, sample_euler_maruyama, sample_pc
 
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -100,6 +101,114 @@ def sample_euler(denoiser, x, sigmas, cond=None, generator=None, callback=None):
     return x
 
 
+def check_option(name: str, value: float, low: float, high: float = math.inf) -> float:
+    """``value`` as a float if low <= value <= high, else ValueError naming the option."""
+    value = float(value)
+    if not low <= value <= high:
+        bound = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise ValueError(f"sampler option {name}={value:g} must be {bound}")
+    return value
+
+
+@torch.no_grad()
+def sample_heun(denoiser, x, sigmas, cond=None, generator=None, callback=None,
+                s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+                s_noise: float = 1.0):
+    """Heun sampler with stochastic churn, Karras et al. 2022, Algorithm 2.
+
+    With s_churn = 0 this is the deterministic 2nd-order Heun method (Algorithm 1). Otherwise each
+    level sigma_i in [s_tmin, s_tmax] is first raised to sigma_hat = (1 + gamma_i) sigma_i,
+    gamma_i = min(s_churn / N, sqrt(2) - 1), by adding noise of std s_noise sqrt(sigma_hat^2 - sigma_i^2).
+    The final step to sigma = 0 is a plain Euler step (the paper's ``if sigma_{i+1} != 0``)."""
+    s_churn = check_option("s_churn", s_churn, 0.0)
+    s_noise = check_option("s_noise", s_noise, 0.0)
+    sigmas = [float(s) for s in sigmas]
+    steps = len(sigmas) - 1
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        gamma = min(s_churn / steps, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            x = x + s_noise * math.sqrt(sigma_hat**2 - sigma**2) * _noise_like(x, generator)
+        x0_hat = denoiser(x, sigma_hat, cond)
+        if callback is not None:
+            callback(i, sigma_hat, x, x0_hat)
+        d = (x - x0_hat) / sigma_hat
+        x_next = x + (sigma_next - sigma_hat) * d
+        if sigma_next != 0:
+            d_next = (x_next - denoiser(x_next, sigma_next, cond)) / sigma_next
+            x_next = x + (sigma_next - sigma_hat) * (d + d_next) / 2
+        x = x_next
+    return x
+
+
+def _lambda(sigma: float) -> float:
+    """Half log-SNR of the VE form, lambda = -log sigma (Lu et al. 2022, with alpha = 1)."""
+    return -math.log(sigma)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoiser, x, sigmas, cond=None, generator=None, callback=None):
+    """DPM-Solver++(2M), Lu et al. 2022 ("DPM-Solver++"), Algorithm 2, in the VE form (alpha = 1):
+
+        x_{i+1} = (sigma_{i+1} / sigma_i) x_i - (e^{-h_i} - 1) D_i,   h_i = lambda_{i+1} - lambda_i,
+        D_i = (1 + 1/(2 r_i)) x0_hat_i - 1/(2 r_i) x0_hat_{i-1},    r_i = h_{i-1} / h_i,
+
+    with D_0 = x0_hat_0 (first step is DDIM). A step to sigma = 0 (h = inf) returns x0_hat_i."""
+    sigmas = [float(s) for s in sigmas]
+    x0_prev, h_prev = None, None
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        x0_hat = denoiser(x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, x0_hat)
+        if sigma_next == 0:
+            x = x0_hat
+            continue
+        h = _lambda(sigma_next) - _lambda(sigma)
+        D = x0_hat
+        if x0_prev is not None:
+            r = h_prev / h
+            D = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * x0_prev
+        x = (sigma_next / sigma) * x - math.expm1(-h) * D
+        x0_prev, h_prev = x0_hat, h
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_3m(denoiser, x, sigmas, cond=None, generator=None, callback=None):
+    """DPM-Solver++(3M): third-order multistep exponential integrator in lambda = -log sigma
+    (Lu et al. 2022, "DPM-Solver++", Sec. 4 and eq. 8, with a quadratic Taylor model of x0_hat(lambda)).
+
+    The exact solution of dx/dlambda = -(x - x0_hat) from lambda_i to lambda_i + h is
+    x_{i+1} = e^{-h} x_i + integral_0^h e^{u-h} x0_hat(lambda_i + u) du. Expanding x0_hat to
+    second order, f(lambda_i + u) = f + u f' + u^2/2 f'', gives
+        x_{i+1} = e^{-h} x_i + (1 - e^{-h}) f + (h - 1 + e^{-h}) f' + (h^2/2 - h + 1 - e^{-h}) f'',
+    where f' and f'' are the derivatives at lambda_i of the quadratic through the last three
+    x0_hat values (Newton divided differences). The first two steps use orders 1 and 2, and a step
+    to sigma = 0 returns x0_hat_i."""
+    sigmas = [float(s) for s in sigmas]
+    history: list[tuple[float, torch.Tensor]] = []  # (lambda, x0_hat), most recent first
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        x0_hat = denoiser(x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, x0_hat)
+        history = [(_lambda(sigma), x0_hat)] + history[:2]
+        if sigma_next == 0:
+            x = x0_hat
+            continue
+        h = _lambda(sigma_next) - history[0][0]
+        x = math.exp(-h) * x - math.expm1(-h) * x0_hat
+        if len(history) >= 2:
+            (l0, f0), (l1, f1) = history[:2]
+            slope = (f0 - f1) / (l0 - l1)  # f[l0, l1]
+            if len(history) == 3:
+                l2, f2 = history[2]
+                curvature = (slope - (f1 - f2) / (l1 - l2)) / (l0 - l2)  # f[l0, l1, l2]
+                slope = slope + (l0 - l1) * curvature  # derivative of the quadratic at l0
+                x = x + (h**2 / 2 - h - math.expm1(-h)) * (2 * curvature)
+            x = x + (h + math.expm1(-h)) * slope
+    return x
+
+
 def guided(denoiser, guidance_scale: float):
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as a denoiser:
     D_w(x) = D(x, null) + w (D(x, c) - D(x, null)); w = 1 is plain conditional sampling."""
@@ -118,7 +227,9 @@ def guided(denoiser, guidance_scale: float):
     return guided_denoiser
 
 
-SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "euler": sample_euler}
+SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "euler": sample_euler, "heun": sample_heun,
+            "dpmpp-2m": sample_dpmpp_2m, "dpmpp-3m": sample_dpmpp_3m,
+            "euler-maruyama": sample_euler_maruyama, "pc": sample_pc, "ald": sample_ald}
 
 
 def get_sampler(name: str):
@@ -145,3 +256,8 @@ def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid: str | 
     x = _noise_like(torch.empty(shape), generator) * float(sigmas[0])
     return fn(guided(denoiser, guidance_scale), x, sigmas, cond=cond, generator=generator,
               callback=callback, **options)
+
+
+def nfe_per_step(sampler: str, steps: int) -> int:
+    """Network evaluations a sampler spends on a grid of ``steps`` levels."""
+    return steps
