@@ -19,6 +19,9 @@ class UsageError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="difflab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from difflab.bench import add_bench_parser
+    add_bench_parser(sub)
     return parser
 
 

@@ -1,0 +1,127 @@
+"""Budgets and the sweep plan: tuning grids (equal, declared budget per arm), the Langevin
+lr x D heatmap grid, selection on validation accuracy, and the final runs on fresh seeds.
+
+Tuning budget: 8 configurations per arm in ``standard`` and ``full``. One-dimensional arms use
+8 log-spaced learning rates; arms with a second knob (weight decay, temperature, noise std,
+eta) use 4 learning rates x 2 values of that knob, i.e. the same 8. The ``grid`` phase adds
+the remaining temperatures for the Langevin arm only to draw the lr x D heatmap; those runs are
+never used for selection. Selection: highest final validation accuracy (tuning seed), ties to
+the smaller lr.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from difflab.bench.runner import ARMS, RunSpec, hp
+
+BUDGETS = ("quick", "standard", "full")
+TUNE_SEED = 0
+FINAL_SEED0 = 100       # final runs use fresh seeds 100, 101, ...
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    tune_epochs: int
+    tune_n_train: int | None
+    final_epochs: int
+    final_n_train: int | None
+    final_seeds: int
+    n_val: int | None
+    n_test: int | None
+    evals_per_epoch: int
+    lr_points: int           # per one-dimensional arm (two-dimensional arms: lr_points // 2)
+    knob_points: int         # values of the second knob used for tuning
+    overhead_repeats: int
+
+
+def get_budget(name: str, problem: str) -> Budget:
+    """Budget by name; sizes are stated per problem where the data sets differ."""
+    full_train = {"cifar10-cnn": 45000, "mnist-mlp": 55000, "digits-mlp": 1297}[problem]
+    full_val = {"cifar10-cnn": 5000, "mnist-mlp": 5000, "digits-mlp": 250}[problem]
+    if name == "quick":
+        small, small_eval = min(2000, full_train), min(1000, full_val)
+        return Budget("quick", 2, small, 2, small, 3, small_eval, small_eval, 1,
+                      lr_points=3, knob_points=1, overhead_repeats=5)
+    if name == "standard":
+        return Budget("standard", 3, min(10000, full_train), 3, None, 6, None, None, 1,
+                      lr_points=8, knob_points=2, overhead_repeats=15)
+    if name == "full":
+        return Budget("full", 20, None, 20, None, 10, None, None, 2,
+                      lr_points=8, knob_points=2, overhead_repeats=30)
+    raise ValueError(f"unknown budget {name!r} (choose from {', '.join(BUDGETS)})")
+
+
+def _log_grid(lo: float, hi: float, n: int) -> list[float]:
+    """n log-spaced values in [lo, hi] rounded to 3 significant digits (stable JSON keys)."""
+    if n == 1:
+        return [float(f"{np.sqrt(lo * hi):.3g}")]
+    return [float(f"{v:.3g}") for v in np.logspace(np.log10(lo), np.log10(hi), n)]
+
+
+# lr ranges (log10 lo, hi) and second knobs: (name, tuning values, extra heatmap values)
+ONE_D = {"sgd": (1e-2 / 3, 1.0), "momentum": (1e-3 / 3, 0.1), "adam": (1e-4, 1e-2 * 3)}
+TWO_D = {
+    "momentum_wd": ((1e-3, 0.03), "weight_decay", [5e-4, 5e-3], []),
+    "langevin": ((1e-2, 0.3), "temperature_n", [1.0, 100.0], [10.0, 1000.0]),
+    "tutorial": ((1e-2, 0.3), "noise_std", [1e-4, 1e-3], []),
+    "sghmc": ((1e-3, 0.03), "temperature_n", [1.0, 100.0], []),
+    "annealed": ((1e-2, 0.3), "eta", [0.01, 0.3], []),
+}
+
+
+def tuning_configs(arm: str, budget: Budget) -> tuple[list[tuple], list[tuple]]:
+    """(configs used for selection, extra heatmap-only configs) for one arm."""
+    if arm in ONE_D:
+        lo, hi = ONE_D[arm]
+        return [hp(lr=lr) for lr in _log_grid(lo, hi, budget.lr_points)], []
+    (lo, hi), knob, values, extra = TWO_D[arm]
+    n_lr = max(2, budget.lr_points // 2)
+    lrs = _log_grid(lo, hi, n_lr)
+    if budget.knob_points == 1:
+        values, extra = values[:1], (values[1:] + extra)[:1] if arm == "langevin" else []
+    tune = [hp(lr=lr, **{knob: v}) for v in values for lr in lrs]
+    grid = [hp(lr=lr, **{knob: v}) for v in extra for lr in lrs]
+    return tune, grid
+
+
+def tuning_specs(problem: str, budget: Budget, threads: int = 1,
+                 arms: tuple[str, ...] = ARMS) -> list[RunSpec]:
+    specs = []
+    for arm in arms:
+        tune, grid = tuning_configs(arm, budget)
+        for phase, configs in (("tune", tune), ("grid", grid)):
+            for h in configs:
+                specs.append(RunSpec(problem, arm, h, TUNE_SEED, budget.tune_epochs, phase,
+                                     budget.tune_n_train, budget.n_val, budget.n_test,
+                                     evals_per_epoch=budget.evals_per_epoch, threads=threads))
+    return specs
+
+
+def final_val_acc(record: dict) -> float:
+    return record["curve"]["val_acc"][-1]
+
+
+def select(records: list[dict], arm: str) -> dict | None:
+    """Best tuning record of ``arm`` (phase "tune" only) by final validation accuracy."""
+    cands = [r for r in records if r["arm"] == arm and r["phase"] == "tune"]
+    if not cands:
+        return None
+    return max(cands, key=lambda r: (final_val_acc(r), -r["hparams"]["lr"]))
+
+
+def final_specs(problem: str, budget: Budget, records: list[dict], threads: int = 1,
+                arms: tuple[str, ...] = ARMS) -> list[RunSpec]:
+    specs = []
+    for arm in arms:
+        best = select(records, arm)
+        if best is None:
+            raise ValueError(f"no tuning record for arm {arm!r}; run the tuning phase first")
+        h = hp(**best["hparams"])
+        for s in range(budget.final_seeds):
+            specs.append(RunSpec(problem, arm, h, FINAL_SEED0 + s, budget.final_epochs, "final",
+                                 budget.final_n_train, budget.n_val, budget.n_test,
+                                 evals_per_epoch=budget.evals_per_epoch, threads=threads))
+    return specs

@@ -1,0 +1,195 @@
+"""Benchmark report (Markdown + PNG) generated from the results file alone."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from difflab.bench.analysis import ACC_MARGIN, REL_MARGIN, TARGET_FRACTION, verdict_rows
+from difflab.bench.executors import read_records
+from difflab.bench.plan import final_val_acc
+
+QUESTION_TEXT = {"accuracy": "final test accuracy (points)",
+                 "speed": "epochs to target (% of baseline)",
+                 "stability": "last-epoch loss std (% of baseline)",
+                 "overfitting": "train-minus-test gap (points)",
+                 "overhead": "step() time vs SGD (%)"}
+
+
+def _fmt(v, nd=2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{nd}f}"
+
+
+def _ms(values, nd=2) -> str:
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-"
+    return f"{np.mean(v):.{nd}f} +- {np.std(v, ddof=1) if len(v) > 1 else 0:.{nd}f}"
+
+
+def _plots(result: dict, out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    finals = result["finals"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for arm, runs in finals.items():
+        x = runs[0]["curve"]["epoch"]
+        for ax, key, scale in ((axes[0], "val_acc", 100), (axes[1], "train_loss", 1),
+                               (axes[2], "test_loss", 1)):
+            ys = np.array([[np.nan if v is None else v * scale for v in r["curve"][key]]
+                           for r in runs], float)
+            line, = ax.plot(x, np.nanmean(ys, 0), label=arm)
+            ax.fill_between(x, np.nanmin(ys, 0), np.nanmax(ys, 0), alpha=0.15,
+                            color=line.get_color())
+    axes[0].axhline(100 * result["target"], color="k", ls=":", lw=1, label="speed target")
+    for ax, title in zip(axes, ("validation accuracy (%)", "train loss (epoch mean)",
+                                "test loss")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Final runs: mean over seeds, band = min..max across seeds")
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=110)
+    plt.close(fig)
+    names.append("learning_curves.png")
+
+    tune = result["parts"]["tune"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for arm in finals:
+        runs = [r for r in tune if r["arm"] == arm and r["phase"] == "tune"]
+        groups: dict = {}
+        for r in runs:
+            knob = tuple((k, v) for k, v in sorted(r["hparams"].items()) if k != "lr")
+            groups.setdefault(knob, []).append((r["hparams"]["lr"], 100 * final_val_acc(r)))
+        for knob, pts in groups.items():
+            pts.sort()
+            label = arm + ("" if not knob else " " + ",".join(f"{k}={v:g}" for k, v in knob))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final validation accuracy (%)")
+    ax.set_title("Sensitivity over the tuning grid (tuning seed)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "sensitivity.png", dpi=110)
+    plt.close(fig)
+    names.append("sensitivity.png")
+
+    lang = [r for r in tune if r["arm"] == "langevin"]
+    if lang:
+        lrs = sorted({r["hparams"]["lr"] for r in lang})
+        ds = sorted({r["hparams"]["temperature_n"] for r in lang})
+        grid = np.full((len(ds), len(lrs)), np.nan)
+        for r in lang:
+            grid[ds.index(r["hparams"]["temperature_n"]), lrs.index(r["hparams"]["lr"])] = \
+                100 * final_val_acc(r)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
+        ax.set_yticks(range(len(ds)), [f"{v:g}/N" for v in ds])
+        for i in range(len(ds)):
+            for j in range(len(lrs)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="w",
+                            fontsize=8)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("temperature D")
+        ax.set_title("Langevin: final validation accuracy (%)")
+        fig.colorbar(im)
+        fig.tight_layout()
+        fig.savefig(out / "heatmap_langevin.png", dpi=110)
+        plt.close(fig)
+        names.append("heatmap_langevin.png")
+    return names
+
+
+def write_report(results: str | Path, out: str | Path) -> Path:
+    """Read the JSONL results, write ``report.md`` and PNG plots into ``out``; return the path."""
+    records = read_records(results)
+    if not records:
+        raise ValueError(f"{results}: no result records")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = verdict_rows(records)
+    plots = _plots(result, out)
+    parts = result["parts"]
+    runs = parts["tune"] + parts["final"]
+    env = runs[0]["env"]
+    started = min(r["timing"]["started"] for r in runs)
+    finished = max(r["timing"]["finished"] for r in runs)
+    compute = sum(r["timing"]["wall_seconds"] for r in runs)
+    meta = parts["meta"][-1] if parts["meta"] else {}
+    f = parts["final"][0]
+    lines = [f"# Optimizer benchmark: {f['problem']} ({meta.get('budget', '?')} budget)", ""]
+    if meta.get("command"):
+        lines += ["Command:", "", "```", meta["command"], "```", ""]
+    lines += [
+        f"- Environment: torch {env['torch']}, CPU {env['cpu']}, {env['threads']} torch "
+        f"thread(s) per run, host CPUs {env['host_cpus']}.",
+        f"- Runs: {len(parts['tune'])} tuning/grid runs, {len(parts['final'])} final runs; "
+        f"summed run time {compute / 60:.1f} min; first start to last finish "
+        f"{(finished - started) / 60:.1f} min (wall time).",
+        f"- Final runs: {f['n_train']} train images, {f['n_val']} validation, {f['n_test']} test, "
+        f"{f['epochs']} epochs, batch {f['batch_size']}, {f['n_params']} parameters.",
+        f"- Strongest baseline (highest mean final validation accuracy): "
+        f"**{result['baseline']}**; speed target = {TARGET_FRACTION:.0%} of its median final "
+        f"validation accuracy = {100 * result['target']:.2f}%.",
+        f"- Declared equivalence margins: +-{ACC_MARGIN} accuracy points, +-{REL_MARGIN:g}% for "
+        "epochs-to-target, oscillation and step time. CIs: 95% paired bootstrap over seeds; "
+        "p: exact paired sign-flip permutation test, Holm-corrected over the whole table.",
+        "- Temperatures are given as D x N (N = train size; D = 1/N is the posterior "
+        "temperature of the mean loss). tutorial: noise std per step; annealed: eta.", "",
+        "## Verdicts", "",
+        "| arm | question | metric | arm | baseline | diff (arm - base) | 95% CI | d_z | "
+        "p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['arm']} | {r['question']} | {QUESTION_TEXT[r['question']]} vs {r['vs']} | "
+            f"{_fmt(r['arm_mean'], 3)} | {_fmt(r['base_mean'], 3)} | {_fmt(r['diff'])} | "
+            f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] | {_fmt(r['dz'])} | "
+            f"{_fmt(r['p_holm'], 3)} | {r['verdict']} |")
+    lines += ["", "Sensitivity (tuning grid, one seed per configuration, so no CI): width in "
+              "log10(lr) of the region within 95% of the arm's best validation accuracy.", "",
+              "| arm | selected hyperparameters | width (decades) | grid step | "
+              "divergent tuning runs |", "|---|---|---|---|---|"]
+    for arm, s in result["sensitivity"].items():
+        d, n = result["divergence"][arm]
+        lines.append(f"| {arm} | {result['summary'][arm]['hparams']} | {_fmt(s.get('width'))} | "
+                     f"{_fmt(s.get('grid_step'))} | {d}/{n} |")
+    lines += ["", "## Final runs (mean +- std over seeds)", "",
+              "| arm | seeds | test acc % | val acc % | reach rate | epochs to target | "
+              "s to target | last-epoch loss std | spikes | gap % | gap at best % | "
+              "test-loss climb | epoch of min val loss |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, s in result["summary"].items():
+        lines.append(
+            f"| {arm} | {s['seeds']} | {_ms(s['test_acc'])} | {_ms(s['val_acc'])} | "
+            f"{s['reach_rate']:.2f} | {_ms(s['epochs_to_target'])} | "
+            f"{_ms(s['seconds_to_target'], 1)} | {_ms(s['oscillation'], 4)} | "
+            f"{_ms(s['spikes'], 1)} | {_ms(s['gap'])} | {_ms(s['gap_at_best'])} | "
+            f"{_ms(s['test_loss_climb'], 3)} | {_ms(s['epoch_min_val_loss'])} |")
+    if parts["overhead"]:
+        oh = parts["overhead"][-1]
+        lines += ["", "## Step overhead", "",
+                  f"{oh['n_params']} parameters, batch {oh['batch_size']}, all optimizers in "
+                  "their foreach implementation, interleaved in one process; ratio = median over "
+                  "repeats of (arm / SGD) with 95% bootstrap CI.", "",
+                  "| arm | step() us | ratio | 95% CI | train step ms | ratio | 95% CI | "
+                  "optimizer state KiB |", "|---|---|---|---|---|---|---|---|"]
+        for arm, a in oh["arms"].items():
+            lines.append(
+                f"| {arm} | {1e6 * a['step_seconds']:.0f} | {a['step_ratio']:.2f} | "
+                f"[{a['step_ratio_ci'][0]:.2f}, {a['step_ratio_ci'][1]:.2f}] | "
+                f"{1e3 * a['train_step_seconds']:.2f} | {a['train_step_ratio']:.2f} | "
+                f"[{a['train_step_ratio_ci'][0]:.2f}, {a['train_step_ratio_ci'][1]:.2f}] | "
+                f"{a['state_bytes'] / 1024:.0f} |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,213 @@
+"""One training run per (problem, arm, hyperparameters, seed) -> one JSON-serializable record.
+
+Common random numbers: for a given seed every arm starts from the same initialization (model
+seeded with ``seed``) and sees the same mini-batch order (permutations from a generator seeded
+with ``seed``); the Langevin noise comes from the optimizer's own generator (seed
+``seed + NOISE_SEED_OFFSET``), so comparisons are paired by seed.
+
+Every field that depends on wall-clock time lives under ``record["timing"]``; everything else is
+a deterministic function of the spec (given the torch build and thread count), which is what
+lets records from different executors be compared for identity.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from difflab.bench.problems import Problem, load_problem
+from difflab.optim import Langevin
+
+ARMS = ("sgd", "momentum", "momentum_wd", "adam", "langevin", "tutorial", "sghmc", "annealed")
+BASELINES = ("sgd", "momentum", "momentum_wd", "adam")
+LANGEVIN_ARMS = ("langevin", "tutorial", "sghmc", "annealed")
+NOISE_SEED_OFFSET = 1_000_003
+SPIKE_FACTOR = 2.0      # a step loss above SPIKE_FACTOR x the running median is a spike
+SPIKE_WINDOW = 50
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run; ``key`` identifies it in the results file."""
+
+    problem: str
+    arm: str
+    hparams: tuple           # sorted (name, value) pairs
+    seed: int
+    epochs: int
+    phase: str               # "tune" | "grid" | "final"
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    batch_size: int = 128
+    evals_per_epoch: int = 1
+    threads: int = 1
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> str:
+        d = asdict(self)
+        d.pop("extra")
+        d["hparams"] = dict(self.hparams)
+        return json.dumps(d, sort_keys=True)
+
+
+def hp(**kwargs) -> tuple:
+    """Hyperparameters as the sorted tuple a RunSpec stores."""
+    return tuple(sorted(kwargs.items()))
+
+
+def make_optimizer(arm: str, params, hparams: dict, n_train: int, seed: int):
+    """Arm name + hyperparameters -> optimizer. Temperatures of the Langevin arms are given as
+    ``temperature_n = D * N`` (D = 1/N is the posterior temperature of a mean loss)."""
+    lr = hparams["lr"]
+    noise_seed = seed + NOISE_SEED_OFFSET
+    if arm == "sgd":
+        return torch.optim.SGD(params, lr=lr, foreach=True)
+    if arm == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=True)
+    if arm == "momentum_wd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=hparams["weight_decay"],
+                               foreach=True)
+    if arm == "adam":
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+    if arm == "langevin":
+        return Langevin(params, lr=lr, temperature=hparams["temperature_n"] / n_train,
+                        noise="langevin", seed=noise_seed)
+    if arm == "tutorial":
+        return Langevin(params, lr=lr, temperature=hparams["noise_std"], noise="constant",
+                        seed=noise_seed)
+    if arm == "sghmc":
+        return Langevin(params, lr=lr, temperature=hparams["temperature_n"] / n_train,
+                        noise="langevin", momentum=0.9, seed=noise_seed)
+    if arm == "annealed":
+        return Langevin(params, lr=lr, temperature=hparams["eta"], noise="annealed",
+                        gamma=0.55, seed=noise_seed)
+    raise ValueError(f"unknown optimizer arm {arm!r} (choose from {', '.join(ARMS)})")
+
+
+def environment(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
+            "threads": threads, "host_cpus": os.cpu_count()}
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a resident tensor."""
+    total_loss, correct = 0.0, 0
+    for i in range(0, x.shape[0], batch):
+        out = model(x[i:i + batch])
+        total_loss += F.cross_entropy(out, y[i:i + batch], reduction="sum").item()
+        correct += (out.argmax(1) == y[i:i + batch]).sum().item()
+    return total_loss / x.shape[0], correct / x.shape[0]
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def run_one(spec: RunSpec, data_dir: str | None = None) -> dict:
+    """Train one model as described by ``spec`` and return its record."""
+    if torch.get_num_threads() != spec.threads:
+        torch.set_num_threads(spec.threads)
+    started = time.time()
+    problem: Problem = load_problem(spec.problem, None if data_dir is None else str(data_dir),
+                                   spec.n_train, spec.n_val, spec.n_test)
+    hparams = dict(spec.hparams)
+    model = problem.make_model(spec.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = make_optimizer(spec.arm, model.parameters(), hparams, problem.n_train, spec.seed)
+    order = torch.Generator().manual_seed(spec.seed)
+    n, bs = problem.n_train, spec.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    eval_every = max(1, math.ceil(steps_per_epoch / spec.evals_per_epoch))
+    final_phase = spec.phase == "final"
+    n_train_eval = min(n, problem.val_x.shape[0])   # train accuracy on a fixed train subset
+
+    curve = {k: [] for k in ("epoch", "val_loss", "val_acc", "train_loss")}
+    if final_phase:
+        curve.update(test_loss=[], test_acc=[], train_eval_loss=[], train_eval_acc=[])
+    train_seconds, train_clock = [], 0.0
+    initial_loss, _ = evaluate(model, problem.train_x[:n_train_eval], problem.train_y[:n_train_eval])
+    recent = deque(maxlen=SPIKE_WINDOW)
+    spikes, diverged, last_epoch_losses, running = 0, False, [], []
+
+    def record_eval(epoch_pos: float) -> None:
+        curve["epoch"].append(round(epoch_pos, 6))
+        curve["train_loss"].append(sum(running) / len(running) if running else None)
+        running.clear()
+        for split, x, y in (("val", problem.val_x, problem.val_y),
+                            ("test", problem.test_x, problem.test_y),
+                            ("train_eval", problem.train_x[:n_train_eval],
+                             problem.train_y[:n_train_eval])):
+            if split != "val" and not final_phase:
+                continue
+            if diverged:
+                loss, acc = float("nan"), 1.0 / problem.num_classes
+            else:
+                loss, acc = evaluate(model, x, y)
+            curve[f"{split}_loss"].append(_finite(loss))
+            curve[f"{split}_acc"].append(acc)
+        train_seconds.append(train_clock)
+
+    for epoch in range(spec.epochs):
+        perm = torch.randperm(n, generator=order)
+        last_epoch_losses = []
+        for k in range(steps_per_epoch):
+            t0 = time.perf_counter()
+            idx = perm[k * bs:(k + 1) * bs]
+            xb, yb = problem.train_x[idx], problem.train_y[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            value = loss.item()
+            train_clock += time.perf_counter() - t0
+            if not math.isfinite(value) or not all(torch.isfinite(p).all()
+                                                   for p in model.parameters()):
+                diverged = True
+                break
+            if len(recent) == SPIKE_WINDOW and value > SPIKE_FACTOR * sorted(recent)[len(recent) // 2]:
+                spikes += 1
+            recent.append(value)
+            running.append(value)
+            last_epoch_losses.append(value)
+            if (k + 1) % eval_every == 0 or k + 1 == steps_per_epoch:
+                record_eval(epoch + (k + 1) / steps_per_epoch)
+        if diverged:
+            # fill the remaining evaluation points at chance level so curves keep their length
+            done = len(curve["epoch"])
+            total = spec.epochs * math.ceil(steps_per_epoch / eval_every)
+            for j in range(done, total):
+                record_eval(spec.epochs * (j + 1) / total)
+            break
+
+    m = len(last_epoch_losses)
+    mean_last = sum(last_epoch_losses) / m if m else float("nan")
+    osc = math.sqrt(sum((v - mean_last) ** 2 for v in last_epoch_losses) / (m - 1)) if m > 1 else None
+    return {
+        "key": spec.key, "problem": spec.problem, "arm": spec.arm, "hparams": hparams,
+        "seed": spec.seed, "phase": spec.phase, "epochs": spec.epochs, "n_train": problem.n_train,
+        "n_val": problem.val_x.shape[0], "n_test": problem.test_x.shape[0],
+        "batch_size": bs, "n_params": n_params, "env": environment(spec.threads),
+        "initial_loss": initial_loss, "diverged": diverged, "spikes": spikes,
+        "last_epoch_loss_std": osc, "curve": curve,
+        "timing": {"train_seconds": train_seconds, "wall_seconds": time.time() - started,
+                   "started": started, "finished": time.time()},
+    }
