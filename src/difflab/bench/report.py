@@ -30,6 +30,29 @@ def _ms(values, nd=2) -> str:
     return f"{np.mean(v):.{nd}f} +- {np.std(v, ddof=1) if len(v) > 1 else 0:.{nd}f}"
 
 
+def _sensitivity_words(s: dict, base_width: float | None) -> str:
+    """Plain words for the width difference; differences below one grid step are not resolved."""
+    if not s or base_width is None:
+        return "-"
+    diff = s["width"] - base_width
+    if abs(diff) < max(s["grid_step"], 1e-9):
+        return "no difference at the grid's resolution"
+    return f"{'wider' if diff > 0 else 'narrower'} by {abs(diff):.2f} decades (one seed, no CI)"
+
+
+def _answers(rows: list[dict]) -> list[str]:
+    """One plain sentence per question and Langevin-family arm, from the verdict rows."""
+    out = ["## Answers in plain words", ""]
+    for question in ("accuracy", "speed", "stability", "overfitting", "overhead"):
+        parts = [f"{r['arm']}: {r['verdict']} ({r['diff']:+.2f} {r['unit']}, CI "
+                 f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}])"
+                 for r in rows if r["question"] == question]
+        if parts:
+            out.append(f"- **{question}** vs {[r for r in rows if r['question'] == question][0]['vs']}"
+                       f" — " + "; ".join(parts) + ".")
+    return out + [""]
+
+
 def _plots(result: dict, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -135,6 +158,9 @@ def write_report(results: str | Path, out: str | Path) -> Path:
         f"- Runs: {len(parts['tune'])} tuning/grid runs, {len(parts['final'])} final runs; "
         f"summed run time {compute / 60:.1f} min; first start to last finish "
         f"{(finished - started) / 60:.1f} min (wall time).",
+        f"- Tuning: {len(parts['tune'])} runs (equal budget per arm, seed 0) on "
+        f"{parts['tune'][0]['n_train']} train images for {parts['tune'][0]['epochs']} epochs; "
+        "selection on final validation accuracy; heatmap-only runs are never selected.",
         f"- Final runs: {f['n_train']} train images, {f['n_val']} validation, {f['n_test']} test, "
         f"{f['epochs']} epochs, batch {f['batch_size']}, {f['n_params']} parameters.",
         f"- Strongest baseline (highest mean final validation accuracy): "
@@ -154,15 +180,22 @@ def write_report(results: str | Path, out: str | Path) -> Path:
             f"{_fmt(r['arm_mean'], 3)} | {_fmt(r['base_mean'], 3)} | {_fmt(r['diff'])} | "
             f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] | {_fmt(r['dz'])} | "
             f"{_fmt(r['p_holm'], 3)} | {r['verdict']} |")
+    base = result["baseline"]
+    base_width = result["sensitivity"].get(base, {}).get("width")
     lines += ["", "Sensitivity (tuning grid, one seed per configuration, so no CI): width in "
-              "log10(lr) of the region within 95% of the arm's best validation accuracy.", "",
+              "log10(lr) of the region within 95% of the arm's best validation accuracy, at the "
+              "selected value of the arm's second knob; compared with the strongest baseline "
+              f"({base}) at the resolution of the grid. Divergent = NaN/inf or final train loss "
+              "above the initial loss.", "",
               "| arm | selected hyperparameters | width (decades) | grid step | "
-              "divergent tuning runs |", "|---|---|---|---|---|"]
+              f"vs {base} | divergent tuning runs |", "|---|---|---|---|---|---|"]
     for arm, s in result["sensitivity"].items():
         d, n = result["divergence"][arm]
         lines.append(f"| {arm} | {result['summary'][arm]['hparams']} | {_fmt(s.get('width'))} | "
-                     f"{_fmt(s.get('grid_step'))} | {d}/{n} |")
-    lines += ["", "## Final runs (mean +- std over seeds)", "",
+                     f"{_fmt(s.get('grid_step'))} | {_sensitivity_words(s, base_width)} | "
+                     f"{d}/{n} |")
+    lines += [""] + _answers(result["rows"])
+    lines += ["## Final runs (mean +- std over seeds)", "",
               "| arm | seeds | test acc % | val acc % | reach rate | epochs to target | "
               "s to target | last-epoch loss std | spikes | gap % | gap at best % | "
               "test-loss climb | epoch of min val loss |",
