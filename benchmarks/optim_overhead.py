@@ -77,6 +77,27 @@ def main() -> None:
                 dt = (time.perf_counter() - t0) / args.block
                 if rep:
                     times[k].append(dt)
+        # whole training step (forward + backward + step, batch 128) for the two headline arms
+        whole = {k: [] for k in ("SGD(momentum=0.9)", "Langevin(langevin)")}
+        xb = torch.randn(128, 3, 32, 32, generator=gen)
+        yb = torch.randint(0, 10, (128,), generator=gen)
+        models = {}
+        for k in whole:
+            torch.manual_seed(0)
+            models[k] = build_model("cifar10-cnn")
+            opts[k] = (torch.optim.SGD(models[k].parameters(), lr=0.01, momentum=0.9,
+                                       foreach=foreach) if k.startswith("SGD") else
+                       Langevin(models[k].parameters(), lr=0.01, temperature=1 / n_train,
+                                foreach=foreach, seed=0))
+        for rep in range(args.repeats // 3 + 1):
+            for k in whole:
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    opts[k].zero_grad(set_to_none=True)
+                    torch.nn.functional.cross_entropy(models[k](xb), yb).backward()
+                    opts[k].step()
+                if rep:
+                    whole[k].append((time.perf_counter() - t0) / 10)
         ref = np.array(times["SGD(momentum=0.9)"])
         print(f"\nmode: {'foreach' if foreach else 'for-loop'}")
         print(f"{'optimizer':36s} {'median us':>10s} {'ratio':>7s}  95% CI")
@@ -84,6 +105,12 @@ def main() -> None:
             r = np.array(t) / ref
             lo, hi = bootstrap_ci(r, np.median)
             print(f"{k:36s} {1e6 * np.median(t):10.1f} {np.median(r):7.2f}  [{lo:.2f}, {hi:.2f}]")
+        r = np.array(whole["Langevin(langevin)"]) / np.array(whole["SGD(momentum=0.9)"])
+        lo, hi = bootstrap_ci(r, np.median)
+        print(f"whole training step (fwd+bwd+step, batch 128): SGD(momentum=0.9) "
+              f"{1e3 * np.median(whole['SGD(momentum=0.9)']):.2f} ms, Langevin(langevin) "
+              f"{1e3 * np.median(whole['Langevin(langevin)']):.2f} ms, ratio {np.median(r):.3f} "
+              f"[{lo:.3f}, {hi:.3f}]")
 
 
 if __name__ == "__main__":

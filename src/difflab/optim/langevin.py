@@ -71,11 +71,13 @@ class Langevin(Optimizer):
     * ``"constant"``: std ``D`` per step regardless of lr, ``theta = theta - lr*g + D*xi``, the
       update the popular tutorial's code performs.
     * ``"annealed"``: Gaussian noise added to the gradient, variance ``eta / (1 + t)^gamma`` with
-      ``eta = temperature`` and t the 0-based step, Neelakantan et al. 2015 (Sec. 2); the noisy
+      ``eta = temperature`` and t the 0-based step (Neelakantan et al. 2015); the noisy
       gradient then flows through weight decay, preconditioner and momentum like any gradient.
 
-    Momentum (SGHMC-style friction, Chen et al. 2014 eq. 15 with friction ``alpha = 1 - momentum``
-    and step ``eta = lr * (1 - dampening)``): the buffer follows ``torch.optim.SGD`` exactly,
+    Momentum (SGHMC-style friction; Chen et al. 2014 write SGHMC as SGD with momentum,
+    ``v = v - eta grad U - alpha v + N(0, 2 alpha eta D)``, here with friction
+    ``alpha = 1 - momentum`` and step ``eta = lr * (1 - dampening)``, noise estimate beta_hat = 0):
+    the buffer follows ``torch.optim.SGD`` exactly,
     ``buf = momentum * buf + (1 - dampening) * g`` (``buf = g`` on the first step), and in
     ``"langevin"`` mode the noise enters the buffer,
     ``buf += sqrt(2 * (1 - momentum) * (1 - dampening) * D / lr) * xi``, so that the velocity
