@@ -94,8 +94,30 @@ class Denoiser(nn.Module):
         F = self.net(x * c_in, noise_conditioning(sigma), cond)
         return (c_skip * x + c_out * F.to(x.dtype)).to(x.dtype)
 
+    def with_net(self, net: nn.Module) -> "Denoiser":
+        """The same wrapper around another network (e.g. the EMA copy)."""
+        return Denoiser(net, self.parameterization, self.sigma_data, self.alpha_bar,
+                        self.sigma_min, self.sigma_max)
+
     def natural_weight(self, sigma: torch.Tensor) -> torch.Tensor:
         """The x0-space loss weight under which the loss is plain MSE on the network's own target:
         ||D - x0||^2 * w = ||F - F_target||^2 with w = 1 / c_out^2."""
         _, c_out, _ = preconditioning(self.parameterization, sigma, self.sigma_data)
         return 1 / c_out.square().clamp(min=1e-24)
+
+
+def build_denoiser(config) -> Denoiser:
+    """The U-Net Denoiser a ``TrainConfig`` describes (channels and classes taken from its data)."""
+    from difflab.nets.unet import UNet
+    from difflab.schedules import make_alpha_bar
+
+    d = config.diffusion
+    alpha_bar = make_alpha_bar(d.schedule, d.timesteps) if d.density == "ddpm" else None
+    sigma_min, sigma_max = d.sigma_min, d.sigma_max
+    if alpha_bar is not None:  # a DDPM model samples only the levels it was trained on
+        from difflab.schedules import sigma_from_alpha_bar
+
+        sigmas = sigma_from_alpha_bar(alpha_bar)
+        sigma_min, sigma_max = float(sigmas[0]), float(sigmas[-1])
+    return Denoiser(UNet(config.unet), d.parameterization, d.sigma_data, alpha_bar,
+                    sigma_min, sigma_max)

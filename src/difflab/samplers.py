@@ -218,9 +218,9 @@ def guided(denoiser, guidance_scale: float):
     def guided_denoiser(x, sigma, cond=None):
         if cond is None:
             return denoiser(x, sigma, None)
-        both = denoiser(torch.cat([x, x]), torch.as_tensor(sigma).expand(2 * x.shape[0])
-                        if torch.as_tensor(sigma).dim() else sigma,
-                        torch.cat([cond, torch.full_like(cond, -1)]))
+        sigma = torch.as_tensor(sigma)
+        both = denoiser(torch.cat([x, x]), sigma.repeat(2) if sigma.dim() else sigma,
+                        torch.cat([cond, torch.full_like(cond, -1)]))  # -1: no label
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
 

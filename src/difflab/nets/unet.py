@@ -162,9 +162,9 @@ class UNet(nn.Module):
                 cond: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(sinusoidal_embedding(c_noise, self.emb_channels))
         if self.class_emb is not None:
-            if cond is None:
-                cond = torch.full((x.shape[0],), self.config.num_classes, dtype=torch.long,
-                                  device=x.device)
+            null = self.config.num_classes  # label -1 or None: the unconditional token
+            cond = torch.full((x.shape[0],), null, device=x.device) if cond is None else \
+                torch.where(cond < 0, null, cond)
             emb = emb + self.class_emb(cond)
         h = self.stem(x)
         skips = [h]

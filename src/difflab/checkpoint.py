@@ -1,0 +1,130 @@
+"""Checkpoints: safetensors weights plus a JSON description, written atomically, loaded safely.
+
+A run directory holds ``checkpoint.json`` (config, step, metadata, and the name of its weights
+file) and ``checkpoint-<step>.safetensors`` (tensors: ``model.*``, ``ema.*``, ``optim.*``,
+``rng.*``). Each file is written to a temporary name and renamed into place, weights first, so a
+run killed at any moment leaves ``checkpoint.json`` pointing at a complete weights file. Nothing is
+ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "difflab-checkpoint"
+INDEX = "checkpoint.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or corrupt; one line naming the file."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(run_dir: str | Path, step: int, config: dict, tensors: dict[str, torch.Tensor],
+                    meta: dict | None = None) -> Path:
+    """Write the weights, then point ``checkpoint.json`` at them; remove superseded weights."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights_name = f"checkpoint-{step:08d}.safetensors"
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(run_dir / weights_name,
+                  lambda p: save_file(tensors, str(p), metadata={"format": FORMAT, "step": str(step)}))
+    info = {"format": FORMAT, "version": 1, "step": step, "weights": weights_name,
+            "config": config, **(meta or {})}
+    _atomic_write(run_dir / INDEX, lambda p: p.write_text(json.dumps(info, indent=2)))
+    for old in run_dir.glob("checkpoint-*.safetensors"):
+        if old.name != weights_name:
+            old.unlink(missing_ok=True)
+    return run_dir / INDEX
+
+
+def _index_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / INDEX
+    elif path.suffix == ".safetensors":
+        path = path.with_name(INDEX)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint found (expected a run directory or {INDEX})")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(info from checkpoint.json, tensors) of a run directory or checkpoint.json path."""
+    index = _index_path(path)
+    try:
+        info = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index}: not valid JSON ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{index}: not a difflab checkpoint (format field is "
+                              f"{info.get('format') if isinstance(info, dict) else None!r})")
+    for key in ("step", "weights", "config"):
+        if key not in info:
+            raise CheckpointError(f"{index}: missing field {key!r}")
+    weights = index.with_name(info["weights"])
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: weights file named in {index.name} is missing")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({e})") from None
+    return info, tensors
+
+
+def sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix.`` with the prefix removed."""
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """Flatten an optimizer's state_dict into named tensors plus its JSON-able param groups."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+    return tensors, state["param_groups"]
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                   param_groups: list) -> None:
+    state: dict[int, dict] = {}
+    for name, value in sub_state(tensors, "optim").items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def load_denoiser(path: str | Path, ema: bool = True):
+    """(Denoiser in eval mode, TrainConfig) from a checkpoint; EMA weights unless ``ema=False``."""
+    from difflab.config import from_dict
+    from difflab.denoiser import build_denoiser
+
+    info, tensors = read_checkpoint(path)
+    config = from_dict(info["config"])
+    denoiser = build_denoiser(config)
+    weights = sub_state(tensors, "ema" if ema and any(k.startswith("ema.") for k in tensors) else "model")
+    try:
+        denoiser.net.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{_index_path(path)}: weights do not match the config ({first})") from None
+    return denoiser.eval().requires_grad_(False), config

@@ -1,0 +1,189 @@
+"""Training loop: checkpoints, exact resume after a kill, NaN guard, and the CLI end to end."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from difflab.checkpoint import CheckpointError, load_denoiser, read_checkpoint, save_checkpoint
+from difflab.config import ConfigError, TrainConfig, from_dict, parse_overrides, update, validate
+
+TINY = ["--set", "unet.channels=16", "--set", "unet.channel_mult=[1,2]", "--set", "unet.groups=4",
+        "--set", "optim.batch_size=32", "--set", "run.log_every=1", "--set", "run.sample_steps=4",
+        "--no-bf16", "--threads", "1"]
+
+
+def difflab(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "difflab", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def tiny_config(out, steps=6):
+    config = TrainConfig()
+    update(config, parse_overrides(["data.dataset=digits", "unet.channels=16", "unet.channel_mult=[1,2]",
+                                    "unet.groups=4", "optim.batch_size=16", "run.bf16=false",
+                                    "run.log_every=1", "run.checkpoint_every=3", "run.sample_every=1000",
+                                    f"run.out={out}", f"run.steps={steps}", "run.minutes=none"]))
+    return validate(config)
+
+
+def test_checkpoint_round_trip_and_atomic_pointer(tmp_path):
+    tensors = {"model.w": torch.randn(3, 4), "ema.w": torch.randn(3, 4), "rng.train": torch.Generator().get_state()}
+    save_checkpoint(tmp_path, 5, {"a": 1}, tensors, {"note": "x"})
+    save_checkpoint(tmp_path, 10, {"a": 1}, tensors)
+    info, loaded = read_checkpoint(tmp_path)
+    assert info["step"] == 10 and info["weights"] == "checkpoint-00000010.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000010.safetensors", "checkpoint.json"]
+    for k, v in tensors.items():
+        assert torch.equal(loaded[k], v)
+
+
+def test_corrupt_checkpoints_give_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        read_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, 1, {}, {"model.w": torch.ones(2)})
+    (tmp_path / "checkpoint-00000001.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="checkpoint-00000001.safetensors: not a valid safetensors file"):
+        read_checkpoint(tmp_path)
+    (tmp_path / "checkpoint.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="checkpoint.json: not valid JSON"):
+        read_checkpoint(tmp_path)
+
+
+def test_config_validation_names_field_and_value():
+    with pytest.raises(ConfigError, match=r"optim.lr: cannot parse 'abc' as float"):
+        update(TrainConfig(), parse_overrides(["optim.lr=abc"]))
+    with pytest.raises(ConfigError, match=r"unknown config field optim.learning_rate"):
+        update(TrainConfig(), {"optim": {"learning_rate": 1}})
+    with pytest.raises(ConfigError, match=r"diffusion.parameterization='score': choose from"):
+        from_dict({"diffusion": {"parameterization": "score"}})
+    with pytest.raises(ConfigError, match=r"optim.batch_size=0: must be at least 1"):
+        from_dict({"optim": {"batch_size": 0}})
+
+
+def test_training_reduces_loss_and_checkpoint_loads(tmp_path):
+    from difflab.data import load_dataset
+    from difflab.denoiser import build_denoiser
+    from difflab.loss import denoising_loss
+    from difflab.train import train
+
+    config = tiny_config(tmp_path / "run", steps=60)
+    config.optim.warmup_steps = 5
+    out = train(config)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 60
+
+    # held-out check at fixed noise: the trained weights denoise far better than the initial ones
+    g = torch.Generator().manual_seed(7)
+    x0 = load_dataset("digits").images[-256:]
+    sigma = torch.logspace(-1.5, 1, 256)
+    noise = torch.randn(x0.shape, generator=g)
+    torch.manual_seed(config.run.seed)
+    initial = build_denoiser(config)
+    trained, loaded_config = load_denoiser(out, ema=False)
+    with torch.no_grad():
+        before = denoising_loss(initial, x0, sigma, noise).item()
+        after = denoising_loss(trained, x0, sigma, noise).item()
+    assert after < 0.6 * before
+    assert loaded_config.run.steps == 60
+    assert load_denoiser(out)[0](torch.randn(2, 1, 8, 8), 1.0).shape == (2, 1, 8, 8)  # EMA weights
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path, monkeypatch):
+    import difflab.train as train_module
+
+    real_loss, calls = train_module.denoising_loss, [0]
+
+    def poisoned(*args, **kwargs):
+        calls[0] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls[0] == 5 else loss
+
+    monkeypatch.setattr(train_module, "denoising_loss", poisoned)
+    with pytest.raises(train_module.TrainingError,
+                       match=r"loss became nan at step 5; last good checkpoint: .*checkpoint.json"):
+        train_module.train(tiny_config(tmp_path / "run", steps=10))
+    assert read_checkpoint(tmp_path / "run")[0]["step"] == 3  # the NaN state was never saved
+
+
+def test_kill_and_resume_is_bit_exact(tmp_path):
+    """SIGKILL a run after a checkpoint, resume it: same loss curve and weights as a run never killed."""
+    args = ["train", "--data", "digits", "--steps", 24, *TINY, "--set", "run.checkpoint_every=4",
+            "--set", "run.sample_every=1000", "--final-samples", 0]
+    assert difflab(*args, "--out", tmp_path / "whole").returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "difflab", *map(str, args), "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        index = killed / "checkpoint.json"
+        if index.exists() and json.loads(index.read_text())["step"] >= 8:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = read_checkpoint(killed)[0]["step"]
+    assert 8 <= stopped_at < 24, "the run was not interrupted mid-way"
+    result = difflab(*args, "--out", killed, "--resume")
+    assert result.returncode == 0, result.stderr
+
+    def curve(run):
+        return [(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert curve(killed) == curve(tmp_path / "whole")
+    _, a = read_checkpoint(killed)
+    _, b = read_checkpoint(tmp_path / "whole")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_end_to_end_on_digits(tmp_path):
+    run = tmp_path / "run"
+    result = difflab("train", "--data", "digits", "--steps", 30, "--out", run, "--final-samples", 100, *TINY,
+                     "--set", "run.sample_every=15")
+    assert result.returncode == 0, result.stderr
+    for name in ("report.md", "samples.png", "samples.npz", "loss.png", "metrics.jsonl", "checkpoint.json"):
+        assert (run / name).exists(), name
+    assert (run / "samples" / "step-00000015.png").exists()
+    samples = np.load(run / "samples.npz")["samples"]
+    assert samples.shape == (100, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 1
+    assert "## Samples" in (run / "report.md").read_text()
+
+    result = difflab("sample", run, "--n", 10, "--steps", 5, "--sampler", "ddpm", "--out",
+                     tmp_path / "g.png", "--npz", tmp_path / "s.npz")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (10, 1, 8, 8)
+
+    # a second train into the same directory must not clobber it
+    again = difflab("train", "--data", "digits", "--steps", 2, "--out", run, *TINY)
+    assert again.returncode == 2 and "already has a checkpoint" in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "nowhere"], "nowhere: no checkpoint found"),
+    (["train", "--set", "optim.lr=abc"], "optim.lr: cannot parse 'abc' as float"),
+    (["train", "--set", "lr=1"], "override 'lr=1' must look like section.field=value"),
+    (["train", "--steps", "0"], "run.steps=0: must be at least 1"),
+])
+def test_cli_bad_input_is_one_line(args, message):
+    result = difflab(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_sample_cli_validates_sampler_and_ranges(tmp_path):
+    run = tmp_path / "run"
+    assert difflab("train", "--data", "digits", "--steps", 2, "--out", run, "--final-samples", 0,
+                   *TINY).returncode == 0
+    for args, message in ((["--sampler", "bogus"], "unknown sampler 'bogus'"),
+                          (["--steps", "0"], "--steps must be at least 1"),
+                          (["--eta", "2"], "--eta must be in [0, 1]"),
+                          (["--class-label", "3"], "--class-label 3: the model has no classes")):
+        result = difflab("sample", run, *args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
