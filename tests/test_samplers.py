@@ -73,6 +73,10 @@ def test_exact_mixture_denoiser_is_tweedie():
     xg = x.clone().requires_grad_(True)
     (score,) = torch.autograd.grad(mix.log_prob(xg, sigma).sum(), xg)
     torch.testing.assert_close(mix(x, sigma), x + sigma**2 * score, rtol=1e-9, atol=1e-9)
+    # one level per sample (the [B, K, d] path) agrees with one level per call (the matmul path)
+    levels = torch.tensor([0.01, 0.1, 0.3, 0.7, 1.0, 3.0, 10.0, 80.0], dtype=torch.float64)
+    per_row = torch.cat([mix(x[i:i + 1], float(levels[i])) for i in range(8)])
+    torch.testing.assert_close(mix(x, levels), per_row, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("label", list(STOCHASTIC))

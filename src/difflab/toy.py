@@ -60,11 +60,14 @@ class GaussianMixture:
         return self.means.shape[0]
 
     # ----- exact quantities ------------------------------------------------------------------
-    def _noisy(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, d] float64 and the noisy variances Sigma_k + sigma^2, shape [B, K, d]."""
+    def _noisy(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Noisy variances Sigma_k + sigma^2: [1, K, d] if the batch shares one level, else [B, K, d]."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
-        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
-        return self.variances[None] + sigma.square()[:, None, None], sigma
+        if sigma.numel() > 1 and bool((sigma == sigma[0]).all()):
+            sigma = sigma[:1]
+        if sigma.numel() not in (1, x.shape[0]):
+            raise ValueError(f"sigma has {sigma.numel()} values for a batch of {x.shape[0]}")
+        return self.variances[None] + sigma.square()[:, None, None]
 
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """log p_sigma(x) of the noised mixture, shape [B] (float64)."""
@@ -73,22 +76,32 @@ class GaussianMixture:
 
     def _log_joint(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """log pi_k + log N(x; mu_k, Sigma_k + sigma^2), shape [B, K]."""
-        var, _ = self._noisy(x, sigma)
-        diff = x[:, None, :] - self.means[None]  # [B, K, d]
-        log_normal = -0.5 * (diff.square() / var + var.log() + math.log(2 * math.pi)).sum(-1)
-        return self.weights.log()[None] + log_normal
+        var = self._noisy(x, sigma)
+        if var.shape[0] == 1:  # one level for the whole batch: [B, d] x [d, K] products
+            inv = 1 / var[0]  # [K, d]
+            quad = x.square() @ inv.T - 2 * x @ (self.means * inv).T + (self.means.square() * inv).sum(1)
+            log_det = var[0].log().sum(1)  # [K]
+        else:
+            diff = x[:, None, :] - self.means[None]  # [B, K, d]
+            quad, log_det = (diff.square() / var).sum(-1), var.log().sum(-1)
+        return self.weights.log() - 0.5 * (quad + log_det + self.dim * math.log(2 * math.pi))
 
     def responsibilities(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """p(k | x; sigma), shape [B, K]."""
         return torch.softmax(self._log_joint(x.reshape(x.shape[0], -1).double(), sigma), dim=1)
 
     def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        """Exact denoiser D(x; sigma) = E[x0 | x] (the module docstring's formula)."""
+        """Exact denoiser D(x; sigma) = E[x0 | x] (the module docstring's formula), computed as
+        sum_k p(k|x) (1 - a_k) mu_k + x sum_k p(k|x) a_k with a_k = Sigma_k / (Sigma_k + sigma^2)."""
         flat = x.reshape(x.shape[0], -1).double()
-        var, _ = self._noisy(flat, sigma)
         resp = torch.softmax(self._log_joint(flat, sigma), dim=1)  # [B, K]
-        x0_k = self.means[None] + self.variances[None] / var * (flat[:, None, :] - self.means[None])
-        return (resp[:, :, None] * x0_k).sum(1).to(x.dtype).reshape(x.shape)
+        a = self.variances[None] / self._noisy(flat, sigma)  # [1 or B, K, d]
+        if a.shape[0] == 1:
+            a = a[0]  # [K, d]
+            out = resp @ ((1 - a) * self.means) + flat * (resp @ a)
+        else:
+            out = (resp[:, :, None] * ((1 - a) * self.means[None] + a * flat[:, None, :])).sum(1)
+        return out.to(x.dtype).reshape(x.shape)
 
     def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """grad_x log p_sigma(x) = (D(x; sigma) - x) / sigma^2."""

@@ -1,0 +1,116 @@
+"""Sampling speed at equal network and equal number of network evaluations: difflab's samplers
+vs Hugging Face diffusers' pipeline loop, both driving the same ``UNet2DModel`` in one process.
+
+diffusers side: ``DDIMPipeline`` (DDIM, eta = 0) and ``DDPMPipeline`` given a
+``DPMSolverMultistepScheduler`` (DPM-Solver++(2M)); both with the progress bar off and
+``output_type="pt"``. difflab side: ``samplers.sample`` with ``ddim`` / ``dpmpp-2m`` on the trained
+DDPM grid, the same UNet wrapped as an eps-prediction ``Denoiser`` (the wrapper turns
+c_noise = log(sigma)/4 back into diffusers' fractional timestep). Both sides draw their start
+noise inside the timed call. Both use the same trailing timesteps (999, 949, ... for 20 steps)
+and the same start noise, so they compute the same images; the last column checks it. Runs are
+interleaved (difflab, diffusers, difflab, ...) and the
+median time of each side is reported, so machine load affects both alike; the figure is the ratio
+of images/s, difflab / diffusers (> 1: difflab faster).
+
+Run:  flock /tmp/difflab-heavy.lock python benchmarks/sampler_speed.py [--batch 16 --steps 20]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from difflab import samplers, schedules
+from difflab.denoiser import Denoiser
+
+T_TRAIN = 1000
+
+
+class DiffusersUNet(nn.Module):
+    """difflab's raw-network contract F(x_in, c_noise, cond) around a diffusers UNet2DModel
+    trained on discrete timesteps: t is interpolated in log sigma (diffusers' own rule)."""
+
+    def __init__(self, unet, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        ab = alphas_cumprod.double()
+        self.register_buffer("log_sigmas", ((1 - ab) / ab).sqrt().log().float(), persistent=False)
+
+    def forward(self, x_in, c_noise, cond=None):
+        log_sigma = (4 * c_noise).clamp(self.log_sigmas[0], self.log_sigmas[-1])  # [B]
+        hi = torch.searchsorted(self.log_sigmas, log_sigma.contiguous()).clamp(1, len(self.log_sigmas) - 1)
+        lo = hi - 1
+        w = (log_sigma - self.log_sigmas[lo]) / (self.log_sigmas[hi] - self.log_sigmas[lo])
+        return self.unet(x_in, lo + w).sample
+
+
+def make_unet(image_size: int, channels: int):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels,
+                       layers_per_block=1, block_out_channels=(32, 64, 64),
+                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--image-size", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import diffusers
+
+    unet = make_unet(args.image_size, 1)
+    scheduler_args = dict(num_train_timesteps=T_TRAIN, beta_start=1e-4, beta_end=0.02,
+                          beta_schedule="linear", timestep_spacing="trailing")
+    alpha_bar = schedules.make_alpha_bar("linear", T_TRAIN)
+    denoiser = Denoiser(DiffusersUNet(unet, torch.as_tensor(
+        diffusers.DDIMScheduler(**scheduler_args).alphas_cumprod)), "eps", alpha_bar=alpha_bar,
+        sigma_min=float(schedules.sigma_from_alpha_bar(alpha_bar[0])),
+        sigma_max=float(schedules.sigma_from_alpha_bar(alpha_bar[-1]))).eval()
+    pipelines = {
+        "ddim": diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(
+            **scheduler_args, clip_sample=False)),
+        "dpmpp-2m": diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DPMSolverMultistepScheduler(
+            **scheduler_args, algorithm_type="dpmsolver++", solver_order=2)),
+    }
+    shape = (args.batch, 1, args.image_size, args.image_size)
+    print(f"batch {args.batch}, {args.steps} network evaluations, {args.image_size}x{args.image_size}, "
+          f"{args.threads} thread(s), UNet2DModel {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M params")
+    print("| sampler | difflab images/s | diffusers images/s | ratio difflab/diffusers | max abs image difference |")
+    print("|---|---|---|---|---|")
+    for name, pipe in pipelines.items():
+        pipe.set_progress_bar_config(disable=True)
+        times, images = {"difflab": [], "diffusers": []}, {}
+        with torch.inference_mode():
+            for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
+                for side in ("difflab", "diffusers"):
+                    g = torch.Generator().manual_seed(repeat)
+                    start = time.perf_counter()
+                    if side == "difflab":
+                        out = samplers.sample(denoiser, shape, sampler=name, steps=args.steps,
+                                              grid="ddpm", generator=g)
+                    else:
+                        out = pipe(batch_size=args.batch, generator=g, num_inference_steps=args.steps,
+                                   output_type="pt").images
+                    elapsed = time.perf_counter() - start
+                    images[side] = out if side == "diffusers" else (out / 2 + 0.5).clamp(0, 1)
+                    if repeat:
+                        times[side].append(elapsed)
+        rate = {side: args.batch / statistics.median(t) for side, t in times.items()}
+        print(f"| {name} | {rate['difflab']:.2f} | {rate['diffusers']:.2f} | "
+              f"{rate['difflab'] / rate['diffusers']:.3f} | "
+              f"{(images['difflab'] - images['diffusers']).abs().max():.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
