@@ -114,6 +114,8 @@ def cmd_sample(args) -> int:
             raise UsageError(f"{name} must be at least {low}, got {value}")
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise UsageError(f"--eta must be in [0, 1], got {args.eta}")
+    if args.eta is not None and args.sampler != "ddim":
+        raise UsageError(f"--eta applies only to --sampler ddim, not {args.sampler}")
     denoiser, config = load_denoiser(args.checkpoint)
     classes = config.unet.num_classes
     if args.class_label is not None and not 0 <= args.class_label < max(classes, 1):
