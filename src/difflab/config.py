@@ -74,8 +74,8 @@ class RunConfig:
     log_every: int = 25
     sample_every: int = 500
     checkpoint_every: int = 250
-    sample_steps: int = 20
-    sample_sampler: str = "heun"
+    sample_steps: int = 30
+    sample_sampler: str = "dpmpp-2m"
     final_samples: int = 1000
     eval_every: int = 0
     eval_n: int = 1000

@@ -192,20 +192,37 @@ def finish_run(run_dir: str | Path, n: int | None = None) -> Path:
     """Sample the trained EMA model, save a 64-image grid and all samples (.npz), write report.md."""
     from difflab.checkpoint import load_denoiser
     from difflab.report import save_npz, write_report
-    from difflab.samplers import nfe_per_step
-
     run_dir = Path(run_dir)
     denoiser, config = load_denoiser(run_dir)
     n = config.run.final_samples if n is None else n
+    calls = []  # batch size of every network evaluation
+    denoiser.net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     started = time.perf_counter()
     images = draw_samples(denoiser, config, max(n, 64))
     seconds = time.perf_counter() - started
     save_grid(images[:64], run_dir / "samples.png")
     info = {"n": len(images), "sampler": config.run.sample_sampler, "steps": config.run.sample_steps,
-            "nfe": nfe_per_step(config.run.sample_sampler, config.run.sample_steps),
+            "nfe": round(sum(calls) / len(images)),  # network evaluations per image
             "seconds": seconds, "grid": "samples.png",
             "parameters": sum(p.numel() for p in denoiser.net.parameters())}
+    metrics = None
     if n:
         save_npz(images[:n], run_dir / "samples.npz")
         info["npz"] = "samples.npz"
-    return write_report(run_dir, info)
+        metrics = score_samples(images[:n], config)
+    return write_report(run_dir, info, metrics)
+
+
+def score_samples(images: torch.Tensor, config: TrainConfig) -> dict | None:
+    """FID/KID/IS/precision/recall of final samples against the test split, with difflab's own
+    feature network (only MNIST and CIFAR-10 at their native size have one)."""
+    from difflab.evaluate import SHAPES, evaluate_images
+
+    dataset = config.data.dataset
+    if dataset not in SHAPES or config.data.image_size not in (None, SHAPES[dataset][1]) \
+            or len(images) < 2:
+        return None
+    result = evaluate_images(images, f"{dataset}-test", config.data.data_dir)
+    features = result.pop("features")
+    return {f"{k} ({features})" if k.split("_")[0] in ("fid", "kid") else k: v
+            for k, v in result.items() if k != "reference"}
