@@ -1,0 +1,320 @@
+"""``difflab eval``: score generated images against a reference split with every metric of
+``difflab.metrics``, next to the real-vs-real floor at the same sample count.
+
+- Reference features of a split (``mnist-test``, ``cifar10-train``, ...) are computed once and
+  cached as ``.npz`` (no pickles) in ``$DIFFLAB_CACHE`` or ``~/.cache/difflab/stats``; the cache
+  name holds a hash of the feature-network weights, so retrained weights never reuse stale stats.
+- Samples come from a ``.npz``/``.npy`` file (key ``samples``; float in [0, 1] or uint8; NCHW, or
+  NHWC when unambiguous), a folder of images, or a checkpoint (run directory), which is sampled.
+- The floor: FID/KID of N real images of the *other* split of the same data set against the
+  reference. FID is biased upward at small N (Chong & Forsyth 2020), so a model's FID means
+  little without the floor at the same N.
+- :func:`evaluate_images` is the in-memory entry point (used by ``difflab train --eval-every``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difflab import metrics
+from difflab.data import load_cifar10, load_image_folder, load_mnist, to_float
+from difflab.metrics import MetricsError
+
+REFERENCES = ("mnist-test", "mnist-train", "cifar10-test", "cifar10-train")
+SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}  # dataset -> (channels, size)
+SMALL_N = 5000
+CACHE_ENV = "DIFFLAB_CACHE"
+
+
+def parse_reference(reference: str) -> tuple[str, str]:
+    """'mnist-test' -> ('mnist', 'test'); ValueError listing the choices otherwise."""
+    if reference not in REFERENCES:
+        raise MetricsError(f"unknown reference {reference!r} (choose from {', '.join(REFERENCES)})")
+    dataset, split = reference.split("-")
+    return dataset, split
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "difflab" / "stats").expanduser()
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+class Extractor:
+    """A feature network with a plain display name ("difflab-MNIST features", "Inception-v3")."""
+
+    def __init__(self, net, name: str, tag: str, batch_size: int):
+        self.net, self.name, self.tag, self.batch_size = net, name, tag, batch_size
+
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return metrics.extract(self.net, images, self.batch_size)
+
+
+def difflab_extractor(dataset: str) -> Extractor:
+    from difflab.nets.classifier import load_feature_net, weights_paths
+
+    net = load_feature_net(dataset)
+    label = {"mnist": "difflab-MNIST", "cifar10": "difflab-CIFAR10"}[dataset]
+    return Extractor(net, label, f"{dataset}-features-{_file_hash(weights_paths(dataset)[0])}", 1000)
+
+
+def inception_extractor(path) -> Extractor:
+    from difflab.nets.inception import load_inception
+
+    net = load_inception(path)
+    return Extractor(net, "Inception-v3", f"inception-{_file_hash(Path(path).expanduser())}", 50)
+
+
+def load_split(dataset: str, split: str, data_dir=None) -> torch.Tensor:
+    pixels, _ = (load_mnist if dataset == "mnist" else load_cifar10)(data_dir, split)
+    return to_float(pixels)
+
+
+def reference_features(reference: str, extractor: Extractor, data_dir=None, verbose: bool = False):
+    """(features [N, D] float32, class probabilities [N, K]) of a whole split, cached on disk."""
+    path = cache_dir() / f"{reference}-{extractor.tag}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["features"], z["probs"]
+    dataset, split = parse_reference(reference)
+    images = load_split(dataset, split, data_dir)
+    if verbose:
+        print(f"computing {extractor.name} features of {reference} ({len(images)} images) ...",
+              file=sys.stderr, flush=True)
+    features, probs = extractor(images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, features=features, probs=probs.astype(np.float32))
+    os.replace(tmp, path)
+    return features, probs
+
+
+def _floor_reference(reference: str) -> str:
+    dataset, split = parse_reference(reference)
+    return f"{dataset}-{'train' if split == 'test' else 'test'}"
+
+
+def score_features(fake: np.ndarray, fake_probs: np.ndarray, ref: np.ndarray, floor_pool: np.ndarray,
+                   seed: int = 0, kid_subsets: int = 100, pr_k: int = 3) -> dict:
+    """All metrics of fake features against reference features, plus the real-vs-real floor:
+    N features drawn (seeded) from ``floor_pool`` (real images not in the reference split)."""
+    n = len(fake)
+    if n < 2:
+        raise MetricsError(f"samples: FID needs at least 2 samples for the covariance, got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    ref_stats = metrics.FeatureStats.of(ref)
+    out = {"n": n, "fid": metrics.fid_from_stats(metrics.FeatureStats.of(fake), ref_stats)}
+    out["kid"], out["kid_std"] = metrics.kid(fake, ref, kid_subsets, generator=gen)
+    out["is"], out["is_std"] = metrics.inception_score(fake_probs, splits=min(10, n))
+    if n > pr_k:
+        ref_sub = ref[torch.randperm(len(ref), generator=gen)[:n].numpy()]
+        out["precision"], out["recall"] = metrics.precision_recall(ref_sub, fake, k=pr_k)
+    floor_n = min(n, len(floor_pool))
+    real = floor_pool[torch.randperm(len(floor_pool), generator=gen)[:floor_n].numpy()]
+    out["floor_n"] = floor_n
+    out["fid_floor"] = metrics.fid_from_stats(metrics.FeatureStats.of(real), ref_stats)
+    out["kid_floor"], _ = metrics.kid(real, ref, kid_subsets, generator=gen)
+    return out
+
+
+def evaluate_images(images: torch.Tensor, reference: str = "mnist-test", data_dir=None,
+                    inception_weights=None, seed: int = 0, kid_subsets: int = 100,
+                    verbose: bool = False) -> dict:
+    """Score images in [-1, 1] ``[N, C, H, W]`` against a reference split; a flat dict
+    (``n, fid, fid_floor, kid, kid_std, kid_floor, is, is_std, precision, recall``, with an
+    ``inception_`` prefix for Inception-v3 metrics when ``inception_weights`` is given) plus
+    ``features`` naming the feature network. Reference features are cached (fast after the first call)."""
+    dataset, _ = parse_reference(reference)
+    channels, size = SHAPES[dataset]
+    images = metrics.check_images(images, channels, size, what="samples")
+    extractors = [("", difflab_extractor(dataset))]
+    if inception_weights:
+        extractors.append(("inception_", inception_extractor(inception_weights)))
+    result = {"reference": reference, "features": extractors[0][1].name}
+    for prefix, ex in extractors:
+        ref, _ = reference_features(reference, ex, data_dir, verbose)
+        pool, _ = reference_features(_floor_reference(reference), ex, data_dir, verbose)
+        fake, probs = ex(images)
+        for key, value in score_features(fake, probs, ref, pool, seed, kid_subsets).items():
+            result[prefix + key] = value
+    if len(images) < SMALL_N:
+        result["warning"] = (f"N={len(images)} is small: FID is biased upward at small N; "
+                             f"compare it with the real-vs-real floor at the same N, not with "
+                             f"published figures (usually N=10000-50000)")
+    return result
+
+
+EVAL_SEED = 4321
+TRAINING_LOG_KEYS = ("fid", "fid_floor", "kid", "kid_std", "is", "precision", "recall")
+
+
+def make_training_evaluator(config):
+    """For ``difflab train --eval-every K --eval-n N``: a function ``denoiser -> dict`` that draws
+    ``run.eval_n`` samples (fixed seed, the run's sampler) and scores them against the test split
+    of the training data set. Checks the data set and warms the reference cache up front, so a
+    misconfigured run fails before training. Uses its own generators: resuming stays exact."""
+    dataset = config.data.dataset
+    if dataset not in SHAPES:
+        raise MetricsError(f"run.eval_every needs data set mnist or cifar10 (feature networks exist "
+                           f"only for those), got {dataset!r}")
+    channels, size = SHAPES[dataset]
+    if config.data.image_size not in (None, size):
+        raise MetricsError(f"run.eval_every: the {dataset} feature network needs {size}x{size} "
+                           f"images, got data.image_size={config.data.image_size}")
+    reference = f"{dataset}-test"
+    extractor = difflab_extractor(dataset)
+    for ref in (reference, _floor_reference(reference)):
+        reference_features(ref, extractor, config.data.data_dir, verbose=True)
+
+    def evaluate_model(denoiser) -> dict:
+        from difflab.train import draw_samples
+
+        images = draw_samples(denoiser, config, config.run.eval_n, seed=EVAL_SEED)
+        r = evaluate_images(images, reference, config.data.data_dir, seed=EVAL_SEED, kid_subsets=50)
+        return {"eval_n": r["n"], "eval_features": r["features"],
+                **{k: r[k] for k in TRAINING_LOG_KEYS if k in r}}
+
+    return evaluate_model
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading samples
+# ----------------------------------------------------------------------------------------------
+
+def array_to_images(arr: np.ndarray, channels: int, what: str) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] array, NCHW / NHWC / NHW -> float tensor in [-1, 1]."""
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise MetricsError(f"{what}: expected images [N, C, H, W], got shape {arr.shape}")
+    if arr.shape[1] not in (1, 3) and arr.shape[-1] in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    if arr.shape[1] != channels:
+        raise MetricsError(f"{what}: expected {channels} channel(s), got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return to_float(arr)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise MetricsError(f"{what}: expected float32 in [0, 1] or uint8, got dtype {arr.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    finite = x[torch.isfinite(x)]
+    if finite.numel() and (finite.min() < -0.05 or finite.max() > 1.05):
+        raise MetricsError(f"{what}: float samples must be in [0, 1], found range "
+                           f"[{finite.min():.3g}, {finite.max():.3g}]")
+    return x.clamp(0, 1) * 2 - 1  # NaN stays NaN and is reported by check_images
+
+
+def load_samples(path, dataset: str, n: int | None = None, sampler: str | None = None,
+                 steps: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Samples in [-1, 1] from a .npz/.npy file, an image folder or a checkpoint (first ``n``)."""
+    channels, size = SHAPES[dataset]
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MetricsError(f"{path}: no such file or directory")
+    if path.suffix in (".npz", ".npy"):
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise MetricsError(f"{path}: cannot read ({e})") from None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            keys = list(data.keys())
+            if "samples" not in keys and len(keys) != 1:
+                raise MetricsError(f"{path}: no 'samples' array (keys: {', '.join(keys)})")
+            data = data["samples" if "samples" in keys else keys[0]]
+        images = array_to_images(data[:n] if n else data, channels, str(path))
+    elif path.is_dir() and not (path / "checkpoint.json").is_file():
+        pixels, _ = load_image_folder(path, size, channels)
+        images = to_float(pixels[:n] if n else pixels)
+    else:
+        images = sample_checkpoint(path, n or 1000, sampler, steps, seed)
+    if n and len(images) < n:
+        raise MetricsError(f"{path}: asked for --n {n} samples, found only {len(images)}")
+    return images
+
+
+def sample_checkpoint(path: Path, n: int, sampler: str | None, steps: int | None, seed: int) -> torch.Tensor:
+    """n samples of the EMA model in a checkpoint, with the run's sampler unless overridden."""
+    from difflab.checkpoint import load_denoiser
+    from difflab.train import draw_samples
+
+    denoiser, config = load_denoiser(path)
+    if sampler:
+        config.run.sample_sampler = sampler
+    if steps:
+        config.run.sample_steps = steps
+    print(f"sampling {n} images from {path} ({config.run.sample_sampler}, "
+          f"{config.run.sample_steps} steps) ...", file=sys.stderr, flush=True)
+    return draw_samples(denoiser, config, n, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command
+# ----------------------------------------------------------------------------------------------
+
+def format_result(r: dict, samples_label: str) -> str:
+    """A plain-text table of an evaluate_images result."""
+    lines = [f"{r['n']} samples from {samples_label} vs {r['reference']}"]
+    prefixes = [("", r["features"])] + ([("inception_", "Inception-v3")] if "inception_fid" in r else [])
+    floor = f"real-vs-real floor (N={r['floor_n']})"
+    lines.append(f"{'metric':<38}{'value':>22}   {floor}")
+    for p, name in prefixes:
+        lines.append(f"{'FID (' + name + ' features)':<38}{r[p + 'fid']:>22.4f}   {r[p + 'fid_floor']:.4f}")
+        kid = f"{r[p + 'kid']:.5f} ± {r[p + 'kid_std']:.5f}"
+        lines.append(f"{'KID (' + name + ' features)':<38}{kid:>22}   {r[p + 'kid_floor']:.5f}")
+        is_ = f"{r[p + 'is']:.3f} ± {r[p + 'is_std']:.3f}"
+        lines.append(f"{'IS (' + name + ' classifier)':<38}{is_:>22}")
+        if p + "precision" in r:
+            lines.append(f"{'precision (k=3, ' + name + ')':<38}{r[p + 'precision']:>22.4f}")
+            lines.append(f"{'recall (k=3, ' + name + ')':<38}{r[p + 'recall']:>22.4f}")
+    if "warning" in r:
+        lines.append(f"warning: {r['warning']}")
+    return "\n".join(lines)
+
+
+def run_eval(args) -> int:
+    """CLI: ``difflab eval [SAMPLES] --ref REF [--n N] [--data-dir D] [--inception-weights P]``."""
+    import json
+
+    dataset, _ = parse_reference(args.ref)
+    if args.n is not None and args.n < 2:
+        raise MetricsError(f"--n must be at least 2 (FID needs a covariance), got {args.n}")
+    if args.samples is None:
+        ex = [difflab_extractor(dataset)]
+        if args.inception_weights:
+            ex.append(inception_extractor(args.inception_weights))
+        for e in ex:
+            for ref in (args.ref, _floor_reference(args.ref)):
+                feats, _ = reference_features(ref, e, args.data_dir, verbose=True)
+                print(f"{ref}: {len(feats)} images, {feats.shape[1]}-d {e.name} features cached in "
+                      f"{cache_dir() / f'{ref}-{e.tag}.npz'}")
+        return 0
+    images = load_samples(args.samples, dataset, args.n, args.sampler, args.steps, args.seed)
+    result = evaluate_images(images, args.ref, args.data_dir, args.inception_weights, args.seed,
+                             verbose=True)
+    print(format_result(result, args.samples))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def add_eval_parser(sub) -> None:
+    """Register ``difflab eval`` on an argparse subparsers object."""
+    p = sub.add_parser("eval", help="FID/KID/IS/precision-recall of samples against a data split")
+    p.add_argument("samples", nargs="?", default=None,
+                   help="samples .npz/.npy, image folder or checkpoint; omit to cache reference stats")
+    p.add_argument("--ref", required=True, choices=REFERENCES, help="reference split")
+    p.add_argument("--n", type=int, default=None, help="number of samples (default: all; 1000 from a checkpoint)")
+    p.add_argument("--data-dir", default=None, help="data directory (default: $DIFFLAB_DATA or ~/.cache/difflab/data)")
+    p.add_argument("--inception-weights", default=None,
+                   help="pytorch-fid pt_inception-2015-12-05-6726825d.pth: adds Inception-v3 metrics")
+    p.add_argument("--sampler", default=None, help="sampler for a checkpoint (default: the run's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps for a checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and metric subsets")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(func=run_eval)
