@@ -263,3 +263,15 @@ def test_eval_cli_bad_input_is_one_line_error(small_splits, data_dir, tmp_path, 
     assert err.startswith("difflab: error:") and "expected 1 channel" in err and "\n" not in err
     assert main(["eval", str(tmp_path / "missing.npz"), "--ref", "mnist-test"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_training_evaluator_rejects_data_sets_without_feature_network():
+    from difflab.config import TrainConfig
+
+    config = TrainConfig()
+    config.data.dataset = "digits"
+    with pytest.raises(MetricsError, match="mnist or cifar10.*'digits'"):
+        evaluate.make_training_evaluator(config)
+    config.data.dataset, config.data.image_size = "mnist", 32
+    with pytest.raises(MetricsError, match="28x28.*image_size=32"):
+        evaluate.make_training_evaluator(config)

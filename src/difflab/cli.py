@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train in float32 instead of bf16 autocast")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--final-samples", type=int, help="samples saved to samples.npz at the end")
+    p.add_argument("--eval-every", type=int, help="log FID/KID (difflab features, test split) "
+                   "every K steps (default 0: off)")
+    p.add_argument("--eval-n", type=int, help="samples per evaluation (default 1000)")
     p.add_argument("--config", help="TOML or JSON file of config sections")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set optim.lr=1e-3 (repeatable)")
@@ -85,7 +88,8 @@ def cmd_train(args) -> int:
              "optim": {"batch_size": args.batch_size},
              "run": {"out": args.out, "steps": args.steps, "minutes": args.minutes,
                      "seed": args.seed, "bf16": args.bf16, "threads": args.threads,
-                     "final_samples": args.final_samples}}
+                     "final_samples": args.final_samples, "eval_every": args.eval_every,
+                     "eval_n": args.eval_n}}
     update(config, {s: {k: v for k, v in f.items() if v is not None} for s, f in flags.items()})
     if args.steps is not None and args.minutes is None:
         config.run.minutes = None  # --steps alone means "exactly this many steps"

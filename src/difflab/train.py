@@ -22,6 +22,7 @@ from difflab.config import TrainConfig, validate
 from difflab.data import load_dataset
 from difflab.denoiser import build_denoiser
 from difflab.ema import EMA
+from difflab.evaluate import make_training_evaluator
 from difflab.loss import denoising_loss
 from difflab.report import save_grid
 from difflab.samplers import sample
@@ -95,6 +96,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             (run.minutes is not None and train_seconds >= 60 * run.minutes)
 
     images, labels, batch = data.images, data.labels, opt_cfg.batch_size
+    evaluate_model = make_training_evaluator(config) if run.eval_every else None
     log = open(out / "metrics.jsonl", "a")
     bar = tqdm(total=run.steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0,
                disable=None, file=sys.stderr)
@@ -140,6 +142,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         if step % run.sample_every == 0:
             grid = draw_samples(denoiser.with_net(ema.model), config, 64)
             save_grid(grid, out / "samples" / f"step-{step:08d}.png")
+        if evaluate_model is not None and step % run.eval_every == 0:  # FID/KID curve (metrics.py)
+            log.write(json.dumps({"step": step, **evaluate_model(denoiser.with_net(ema.model))}) + "\n")
+            log.flush()
         if step % run.checkpoint_every == 0 or finished():
             last_checkpoint = checkpoint()
     bar.close()
