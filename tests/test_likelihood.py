@@ -50,3 +50,23 @@ def test_nll_runs_for_a_trained_network_and_validates_input():
         likelihood.log_likelihood(denoiser, images, sigma_min=1.0, sigma_max=0.5)
     with pytest.raises(ValueError, match="unknown trace estimator 'x'"):
         likelihood.log_likelihood(denoiser, images, estimator="x")
+
+
+def test_eval_nll_command_on_a_checkpoint(tmp_path, data_dir, capsys):
+    from difflab import cli
+    from difflab.checkpoint import save_checkpoint
+    from difflab.config import TrainConfig, update, validate
+    from difflab.denoiser import build_denoiser
+
+    config = validate(update(TrainConfig(), {"unet": {"channels": 8, "groups": 4,
+                                                      "attention_head_channels": 8}}))
+    net = build_denoiser(config).net
+    save_checkpoint(tmp_path, 1, config.to_dict(),
+                    {f"model.{k}": v for k, v in net.state_dict().items()})
+    args = ["eval", str(tmp_path), "--ref", "mnist-test", "--data-dir", str(data_dir), "--nll",
+            "--nll-n", "2", "--nll-steps", "1", "--json", str(tmp_path / "nll.json")]
+    assert cli.main(args) == 0
+    assert "bits/dim (2 images" in capsys.readouterr().out
+    assert (tmp_path / "nll.json").exists()
+    assert cli.main(args[:-6] + ["--nll-steps", "0"]) == 2
+    assert "--nll-n and --nll-steps must be at least 1" in capsys.readouterr().err

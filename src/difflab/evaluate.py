@@ -281,7 +281,18 @@ def run_eval(args) -> int:
     """CLI: ``difflab eval [SAMPLES] --ref REF [--n N] [--data-dir D] [--inception-weights P]``."""
     import json
 
-    dataset, _ = parse_reference(args.ref)
+    dataset, split = parse_reference(args.ref)
+    if args.nll:
+        from difflab.likelihood import checkpoint_nll
+
+        if args.samples is None:
+            raise MetricsError("--nll needs a checkpoint (run directory or checkpoint.json)")
+        result = checkpoint_nll(args.samples, load_split(dataset, split, args.data_dir),
+                                args.nll_n, args.nll_steps, args.seed)
+        print(result.pop("text"))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     if args.n is not None and args.n < 2:
         raise MetricsError(f"--n must be at least 2 (FID needs a covariance), got {args.n}")
     if args.samples is None:
@@ -317,4 +328,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps for a checkpoint")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and metric subsets")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--nll", action="store_true", help="instead of sample metrics: the checkpoint's "
+                   "negative log-likelihood in bits/dim on --ref images (probability-flow ODE)")
+    p.add_argument("--nll-n", type=int, default=128, help="images for --nll (default 128)")
+    p.add_argument("--nll-steps", type=int, default=50, help="RK4 steps for --nll (default 50)")
     p.set_defaults(func=run_eval)
