@@ -25,7 +25,11 @@ or 0.03 or 0.1, uniform-t, ddpm. diffusers' options: timestep spacing, Karras si
 order 2/3 and UniPC's bh1/bh2 (see ``diffusers_configs``); DDIM with set_alpha_to_one, all with
 the default final step to sigma = 0.
 
+With ``--mnist RUN_DIR``, a trained checkpoint is sampled by a fixed set of configurations of
+each side (``MNIST_DIFFLAB``, ``MNIST_DIFFUSERS``) and scored by FID on difflab's MNIST features.
+
 Run:  python benchmarks/sampler_quality.py [--problems mixture-64d] [--samples 10000]
+          [--mnist runs/mnist --mnist-samples 1000 --data-dir ../shared/data]
 """
 from __future__ import annotations
 
@@ -289,14 +293,81 @@ def markdown(problem: str, table: dict, nfes=NFES) -> str:
     return "\n".join(lines)
 
 
+# ----- trained MNIST model ---------------------------------------------------------------------
+MNIST_DIFFLAB = ("dpmpp-2m/karras(rho=7)", "dpmpp-3m/karras(rho=7)", "dpmpp-2m/log-snr()",
+                 "heun/karras(rho=7)", "euler/karras(rho=7)")
+MNIST_DIFFUSERS = ("DDIM/trailing", "DPMSolverMultistep/o2/karras", "UniPCMultistep/o2/bh2/karras",
+                   "EulerDiscrete/karras", "HeunDiscrete/karras")
+
+
+class Chunked:
+    """Evaluate a network denoiser in batches of ``size`` (memory), one level per call."""
+
+    def __init__(self, denoiser, size: int = 250):
+        self.denoiser, self.size = denoiser, size
+
+    @torch.no_grad()
+    def __call__(self, x, sigma, cond=None):
+        return torch.cat([self.denoiser(part, sigma, None) for part in x.split(self.size)])
+
+
+def mnist_table(checkpoint: str, samples: int, seed: int, data_dir=None, nfes=(5, 10, 20)) -> dict:
+    """FID (difflab MNIST features, vs mnist-test) of a trained checkpoint per sampler and NFE;
+    both sides share the start noise and DDPM's linear schedule (T = 1000) as in the mixtures."""
+    from difflab.checkpoint import load_denoiser
+    from difflab.evaluate import evaluate_images
+
+    denoiser, config = load_denoiser(checkpoint)
+    denoiser = Chunked(denoiser.eval())
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(samples, config.unet.in_channels, config.unet.image_size, config.unet.image_size,
+                    generator=g)
+    alpha_bar = schedules.make_alpha_bar("linear", T_TRAIN)
+    configs = {f"difflab:{c[0]}": c for c in difflab_configs() if c[0] in MNIST_DIFFLAB}
+    configs.update({f"diffusers:{c[0]}": c for c in diffusers_configs() if c[0] in MNIST_DIFFUSERS})
+    table = {"checkpoint": str(checkpoint), "samples": samples, "rows": []}
+    for label, config_ in configs.items():
+        for nfe in nfes:
+            if label.startswith("difflab:"):
+                out, calls = run_difflab(config_, denoiser, z, nfe, alpha_bar,
+                                         torch.Generator().manual_seed(seed + 1))
+            else:
+                out, calls = run_diffusers(config_, denoiser, z, nfe)
+            result = evaluate_images(out.clamp(-1, 1), "mnist-test", data_dir, seed=seed)
+            table["floor"] = result["fid_floor"]
+            side, name = label.split(":")
+            table["rows"].append({"side": side, "config": name, "nfe_budget": nfe, "nfe": calls,
+                                  "fid": result["fid"]})
+            print(f"  {label} NFE {calls}: FID {result['fid']:.2f}", flush=True)
+    return table
+
+
+def mnist_markdown(table: dict, nfes=(5, 10, 20)) -> str:
+    lines = [f"#### Trained MNIST model: FID (difflab MNIST features, {table['samples']} samples "
+             f"vs mnist-test; lower is better)", "",
+             f"checkpoint `{table['checkpoint']}`; real-vs-real floor at the same N: {table['floor']:.2f}", "",
+             "| side | config | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+             "|---|---|" + "---|" * len(nfes)]
+    for side, names in (("difflab", MNIST_DIFFLAB), ("diffusers", MNIST_DIFFUSERS)):
+        for name in names:
+            cells = [f"{r['fid']:.2f}" for n in nfes for r in table["rows"]
+                     if r["side"] == side and r["config"] == name and r["nfe_budget"] == n]
+            lines.append(f"| {side} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", nargs="+", default=["mixture-2d", "mixture-64d"],
+    parser.add_argument("--problems", nargs="*", default=["mixture-2d", "mixture-64d"],
                         choices=[p for p in toy.PROBLEMS if p.startswith("mixture")])
     parser.add_argument("--select-samples", type=int, default=4000)
     parser.add_argument("--samples", type=int, default=10000, help="samples of the reported run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the reported rows to this JSON file")
+    parser.add_argument("--mnist", metavar="CHECKPOINT", help="also compare on a trained MNIST "
+                        "checkpoint (run directory) by FID")
+    parser.add_argument("--mnist-samples", type=int, default=1000)
+    parser.add_argument("--data-dir", help="data directory for the FID reference (MNIST)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {}
@@ -311,6 +382,9 @@ def main() -> None:
             print(f"{problem} NFE {n}: sliced W2 ratio difflab/diffusers = {a['sw'] / b['sw']:.3f} "
                   f"({a['config']} {a['sw']:.4f} vs {b['config']} {b['sw']:.4f})")
         print(flush=True)
+    if args.mnist:
+        results["mnist"] = mnist_table(args.mnist, args.mnist_samples, args.seed, args.data_dir)
+        print(mnist_markdown(results["mnist"]), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
