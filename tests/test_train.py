@@ -187,3 +187,16 @@ def test_sample_cli_validates_sampler_and_ranges(tmp_path):
                           (["--class-label", "3"], "--class-label 3: the model has no classes")):
         result = difflab("sample", run, *args)
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_class_conditional_training_and_guided_sampling(tmp_path):
+    run = tmp_path / "cond"
+    result = difflab("train", "--data", "digits", "--steps", 6, "--class-conditional", "--out", run,
+                     "--final-samples", 20, *TINY)
+    assert result.returncode == 0, result.stderr
+    _, tensors = read_checkpoint(run)
+    assert tensors["model.class_emb.weight"].shape[0] == 11  # ten digits + the "no label" token
+    result = difflab("sample", run, "--n", 6, "--steps", 3, "--class-label", 3, "--guidance", 2.0,
+                     "--out", tmp_path / "three.png", "--npz", tmp_path / "three.npz")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "three.npz")["samples"].shape == (6, 1, 8, 8)
