@@ -1,5 +1,5 @@
 """Exact likelihood of a diffusion model through its probability-flow ODE (Song et al. 2021,
-"Score-Based Generative Modeling through SDEs", Sec. 4.3 and App. D.2).
+"Score-Based Generative Modeling through SDEs", Sec. 4.3).
 
 | code        | paper symbol            | meaning                                                   |
 |-------------|-------------------------|-----------------------------------------------------------|
@@ -90,7 +90,7 @@ def nll_bits_per_dim(denoiser, x0: torch.Tensor, cond=None, dequantize_data: boo
                      steps: int = 50, sigma_min: float | None = None, sigma_max: float | None = None,
                      estimator: str = "rademacher",
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Negative log-likelihood in bits/dim per sample, shape [B] (Song et al. 2021, Table 2).
+    """Negative log-likelihood in bits/dim per sample, shape [B] (Song et al. 2021, Sec. 4.3).
 
     ``x0`` are data in [-1, 1]. With ``dequantize_data`` (8-bit images) the uniform
     dequantization of the module docstring is applied and log2(128) is added, so the figure is

@@ -17,7 +17,8 @@ Every SDE is a time reparameterization of the same VE family x = s(t) (x0 + sigm
 et al. 2022, eq. 6), so any ``Denoiser`` D(x, sigma, cond) provides its score in every SDE: the
 reverse process is the same in sigma, only the discretization (and thus the sampler) differs.
 Samplers here take the common signature of ``difflab.samplers``; a step to sigma = 0 is the
-noise-free Tweedie step x = D(x; sigma) (the "noise removal" of Song et al. 2021, App. G).
+noise-free Tweedie step x = D(x; sigma), as the authors' code does with its final "noise
+removal" step.
 """
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ def sample_pc(denoiser, x, sigmas, cond=None, generator=None, callback=None,
               snr: float = 0.16, corrector_steps: int = 1):
     """Predictor-corrector sampler, Song et al. 2021, Algorithm 2 (VE SDE): at each level,
     ``corrector_steps`` Langevin corrector steps (Algorithm 4, step size from ``snr``), then the
-    reverse-diffusion predictor (eq. 46) x <- x + (sigma_i^2 - sigma_{i+1}^2) grad log p + sqrt(
+    reverse-diffusion predictor (Sec. 4.2) x <- x + (sigma_i^2 - sigma_{i+1}^2) grad log p + sqrt(
     sigma_i^2 - sigma_{i+1}^2) z. Corrector first, as in the authors' code, so the last corrector
     acts at sigma > 0. Evaluations per level: corrector_steps + 1."""
     snr = _positive("snr", snr)
@@ -193,7 +194,8 @@ def sample_ald(denoiser, x, sigmas, cond=None, generator=None, callback=None,
     eps = sigma_L^2 (alpha_i = sigma_i^2) mixes within the few steps per level used here; the
     paper's CIFAR-10 ratio eps = 0.2 sigma_L^2 (2e-5 at sigma_L = 0.01) assumes 100 steps per
     level and left visible bias on the test mixtures at 5 steps per level. If the grid ends in 0,
-    a final Tweedie step x = D(x; sigma_L) removes the remaining noise (Song & Ermon 2020, Sec. 4.1)."""
+    a final Tweedie step x = D(x; sigma_L) removes the remaining noise (the denoising step of
+    Jolicoeur-Martineau et al. 2021)."""
     steps_per_level = _count("steps_per_level", steps_per_level)
     levels = [float(s) for s in sigmas if float(s) > 0]
     sigma_last = levels[-1]
