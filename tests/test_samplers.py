@@ -139,6 +139,11 @@ def test_vp_sde_is_the_continuous_limit_of_linear_ddpm():
     sigmas = schedules.sigma_from_alpha_bar(schedules.make_alpha_bar("linear", T))
     for t in (0.01, 0.1, 0.5, 1.0):
         assert vp.sigma(t) == pytest.approx(float(sigmas[round(t * T) - 1]), rel=1e-3)
+    ve = sde.VESDE(0.01, 50.0)
+    grid = sde.sde_sigmas(ve, 5, t_min=0.0)  # uniform in t: geometric in sigma, then 0
+    torch.testing.assert_close(grid, torch.tensor([50.0, 50.0 ** 0.75 * 0.01 ** 0.25, math.sqrt(0.5),
+                                                   50.0 ** 0.25 * 0.01 ** 0.75, 0.01, 0.0],
+                                                  dtype=torch.float64))
     for process in (vp, sde.VESDE()):
         for sigma in (0.05, 1.0, 40.0):
             assert process.sigma(process.t_of_sigma(sigma)) == pytest.approx(sigma, rel=1e-9)
