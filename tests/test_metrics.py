@@ -275,3 +275,22 @@ def test_training_evaluator_rejects_data_sets_without_feature_network():
     config.data.dataset, config.data.image_size = "mnist", 32
     with pytest.raises(MetricsError, match="28x28.*image_size=32"):
         evaluate.make_training_evaluator(config)
+
+
+def test_load_samples_from_npz_folder_and_unsupported_paths(tmp_path):
+    from PIL import Image
+
+    pixels = np.random.default_rng(10).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "s.npz", samples=pixels[:, None])  # uint8 NCHW
+    x = evaluate.load_samples(tmp_path / "s.npz", "mnist", n=3)
+    assert x.shape == (3, 1, 28, 28) and torch.equal(x, to_float(pixels[:3, None]))
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(folder / f"{i}.png")
+    assert torch.equal(evaluate.load_samples(folder, "mnist"), to_float(pixels[:, None]))
+    with pytest.raises(MetricsError, match="asked for --n 9 samples, found only 4"):
+        evaluate.load_samples(folder, "mnist", n=9)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(MetricsError, match="unsupported samples input"):
+        evaluate.load_samples(tmp_path / "notes.txt", "mnist")

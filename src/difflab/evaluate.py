@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,12 @@ def reference_features(reference: str, extractor: Extractor, data_dir=None, verb
     """(features [N, D] float32, class probabilities [N, K]) of a whole split, cached on disk."""
     path = cache_dir() / f"{reference}-{extractor.tag}.npz"
     if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return z["features"], z["probs"]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return z["features"], z["probs"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # unreadable: recompute
+            if verbose:
+                print(f"{path}: unreadable cache file, recomputing", file=sys.stderr)
     dataset, split = parse_reference(reference)
     images = load_split(dataset, split, data_dir)
     if verbose:
@@ -231,8 +236,11 @@ def load_samples(path, dataset: str, n: int | None = None, sampler: str | None =
     elif path.is_dir() and not (path / "checkpoint.json").is_file():
         pixels, _ = load_image_folder(path, size, channels)
         images = to_float(pixels[:n] if n else pixels)
-    else:
+    elif path.is_dir() or path.suffix in (".json", ".safetensors"):
         images = sample_checkpoint(path, n or 1000, sampler, steps, seed)
+    else:
+        raise MetricsError(f"{path}: unsupported samples input (expected a .npz/.npy file, an image "
+                           "folder, or a checkpoint run directory / checkpoint.json)")
     if n and len(images) < n:
         raise MetricsError(f"{path}: asked for --n {n} samples, found only {len(images)}")
     return images

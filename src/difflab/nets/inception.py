@@ -25,7 +25,7 @@ from torch import nn
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
-HOW_TO_GET = (f"download {WEIGHTS_URL} (pytorch-fid's Inception-v3 FID weights, 91 MB) "
+HOW_TO_GET = (f"download {WEIGHTS_URL} (pytorch-fid's Inception-v3 FID weights) "
               "and pass its path with --inception-weights")
 
 
