@@ -8,15 +8,16 @@ DDPM grid, the same UNet wrapped as an eps-prediction ``Denoiser`` (the wrapper 
 c_noise = log(sigma)/4 back into diffusers' fractional timestep). Both sides draw their start
 noise inside the timed call. Both use the same trailing timesteps (999, 949, ... for 20 steps)
 and the same start noise, so they compute the same images; the last column checks it. Runs are
-interleaved (difflab, diffusers, difflab, ...) and the
-median time of each side is reported, so machine load affects both alike; the figure is the ratio
-of images/s, difflab / diffusers (> 1: difflab faster).
+interleaved in alternating order (diffusers, difflab | difflab, diffusers | ...), so machine load
+affects both alike; reported are each side's images/s (median time) and the per-round ratio of
+images/s, difflab / diffusers (> 1: difflab faster), as median [min, max] over rounds.
 
-Run:  flock /tmp/difflab-heavy.lock python benchmarks/sampler_speed.py [--batch 16 --steps 20]
+Run:  python benchmarks/sampler_speed.py [--batch 16 --steps 20 --net small|tiny|null]
 """
 from __future__ import annotations
 
 import argparse
+import bisect
 import statistics
 import time
 
@@ -31,27 +32,47 @@ T_TRAIN = 1000
 
 class DiffusersUNet(nn.Module):
     """difflab's raw-network contract F(x_in, c_noise, cond) around a diffusers UNet2DModel
-    trained on discrete timesteps: t is interpolated in log sigma (diffusers' own rule)."""
+    trained on discrete timesteps: t is interpolated in log sigma (diffusers' own rule). Samplers
+    give the whole batch one level, so t is computed once, in Python, as diffusers does."""
 
     def __init__(self, unet, alphas_cumprod: torch.Tensor):
         super().__init__()
         self.unet = unet
         ab = alphas_cumprod.double()
-        self.register_buffer("log_sigmas", ((1 - ab) / ab).sqrt().log().float(), persistent=False)
+        self.log_sigmas = ((1 - ab) / ab).sqrt().log().tolist()  # increasing in t
+
+    def timestep(self, c_noise: float) -> float:
+        log_sigma = min(max(4 * c_noise, self.log_sigmas[0]), self.log_sigmas[-1])
+        hi = min(max(bisect.bisect_left(self.log_sigmas, log_sigma), 1), len(self.log_sigmas) - 1)
+        lo_value, hi_value = self.log_sigmas[hi - 1], self.log_sigmas[hi]
+        t = hi - 1 + (log_sigma - lo_value) / (hi_value - lo_value)
+        return float(round(t)) if abs(t - round(t)) < 1e-4 else t  # a trained step, up to float32
 
     def forward(self, x_in, c_noise, cond=None):
-        log_sigma = (4 * c_noise).clamp(self.log_sigmas[0], self.log_sigmas[-1])  # [B]
-        hi = torch.searchsorted(self.log_sigmas, log_sigma.contiguous()).clamp(1, len(self.log_sigmas) - 1)
-        lo = hi - 1
-        w = (log_sigma - self.log_sigmas[lo]) / (self.log_sigmas[hi] - self.log_sigmas[lo])
-        return self.unet(x_in, lo + w).sample
+        if bool((c_noise == c_noise[0]).all()):  # a 0-dim float tensor, as diffusers passes t
+            return self.unet(x_in, torch.tensor(self.timestep(float(c_noise[0])))).sample
+        t = torch.tensor([self.timestep(float(c)) for c in c_noise])
+        return self.unet(x_in, t).sample
 
 
-def make_unet(image_size: int, channels: int):
+def make_unet(net: str):
+    """``small``: 1.1 M parameters at 32x32 (network-bound); ``tiny``: 10.6 k parameters at 8x8
+    (a ~2 ms network); ``null``: the tiny model's interface with a forward that returns zeros, so
+    only the sampling loops' own per-evaluation cost is timed."""
     from diffusers import UNet2DModel
+    from diffusers.models.unets.unet_2d import UNet2DOutput
+
+    class NullUNet(UNet2DModel):
+        def forward(self, sample, timestep, class_labels=None, return_dict=True):
+            return UNet2DOutput(sample=torch.zeros_like(sample))
 
     torch.manual_seed(0)
-    return UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels,
+    if net in ("tiny", "null"):
+        return (NullUNet if net == "null" else UNet2DModel)(
+            sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+            block_out_channels=(8,), down_block_types=("DownBlock2D",),
+            up_block_types=("UpBlock2D",), norm_num_groups=4).eval()
+    return UNet2DModel(sample_size=32, in_channels=1, out_channels=1,
                        layers_per_block=1, block_out_channels=(32, 64, 64),
                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")).eval()
@@ -63,13 +84,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--net", choices=("small", "tiny", "null"), default="small")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     import diffusers
 
-    unet = make_unet(args.image_size, 1)
+    unet = make_unet(args.net)
+    size = unet.config.sample_size
     scheduler_args = dict(num_train_timesteps=T_TRAIN, beta_start=1e-4, beta_end=0.02,
                           beta_schedule="linear", timestep_spacing="trailing")
     alpha_bar = schedules.make_alpha_bar("linear", T_TRAIN)
@@ -83,17 +105,19 @@ def main() -> None:
         "dpmpp-2m": diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DPMSolverMultistepScheduler(
             **scheduler_args, algorithm_type="dpmsolver++", solver_order=2)),
     }
-    shape = (args.batch, 1, args.image_size, args.image_size)
-    print(f"batch {args.batch}, {args.steps} network evaluations, {args.image_size}x{args.image_size}, "
+    shape = (args.batch, 1, size, size)
+    print(f"batch {args.batch}, {args.steps} network evaluations, {size}x{size}, "
           f"{args.threads} thread(s), UNet2DModel {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M params")
-    print("| sampler | difflab images/s | diffusers images/s | ratio difflab/diffusers | max abs image difference |")
+    print("| sampler | difflab images/s | diffusers images/s | ratio difflab/diffusers: median [min, max] "
+          "of rounds | max abs image difference |")
     print("|---|---|---|---|---|")
     for name, pipe in pipelines.items():
         pipe.set_progress_bar_config(disable=True)
         times, images = {"difflab": [], "diffusers": []}, {}
         with torch.inference_mode():
             for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
-                for side in ("difflab", "diffusers"):
+                order = ("difflab", "diffusers") if repeat % 2 else ("diffusers", "difflab")
+                for side in order:
                     g = torch.Generator().manual_seed(repeat)
                     start = time.perf_counter()
                     if side == "difflab":
@@ -107,8 +131,9 @@ def main() -> None:
                     if repeat:
                         times[side].append(elapsed)
         rate = {side: args.batch / statistics.median(t) for side, t in times.items()}
+        ratios = sorted(b / a for a, b in zip(times["difflab"], times["diffusers"]))  # per round
         print(f"| {name} | {rate['difflab']:.2f} | {rate['diffusers']:.2f} | "
-              f"{rate['difflab'] / rate['diffusers']:.3f} | "
+              f"{statistics.median(ratios):.3f} [{ratios[0]:.3f}, {ratios[-1]:.3f}] | "
               f"{(images['difflab'] - images['diffusers']).abs().max():.1e} |", flush=True)
 
 
