@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/mnist)")
     p.add_argument("--steps", type=int, help="stop after this many steps")
     p.add_argument("--minutes", type=float, help="stop after this much training time "
-                   "(default 8; with --steps alone, no time limit)")
+                   "(default 8.5; with --steps alone, no time limit)")
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--class-conditional", action="store_true", default=None,

@@ -58,7 +58,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 200
     grad_clip: float = 1.0
-    batch_size: int = 128
+    batch_size: int = 64
     ema_half_life_images: float = 25_000.0
     ema_rampup_ratio: float = 0.1
 
@@ -67,7 +67,7 @@ class OptimConfig:
 class RunConfig:
     out: str = "runs/mnist"
     steps: int | None = None         # stop after this many steps ...
-    minutes: float | None = 8.0      # ... or this much training wall time, whichever comes first
+    minutes: float | None = 8.5      # ... or this much training wall time, whichever comes first
     seed: int = 0
     bf16: bool = True                # bf16 autocast on CPU (fast on CPUs with AMX/AVX-512 BF16)
     threads: int | None = None       # torch.set_num_threads; None keeps torch's default
@@ -76,6 +76,7 @@ class RunConfig:
     checkpoint_every: int = 250
     sample_steps: int = 30
     sample_sampler: str = "dpmpp-2m"
+    sample_guidance: float = 1.0     # classifier-free guidance scale (class-conditional models)
     final_samples: int = 1000
     eval_every: int = 0
     eval_n: int = 1000
@@ -219,6 +220,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         check(getattr(r, name) >= 1, f"run.{name}", getattr(r, name), "must be at least 1")
     check(r.eval_every >= 0, "run.eval_every", r.eval_every, "must be >= 0 (0 disables)")
     check(r.final_samples >= 0, "run.final_samples", r.final_samples, "must be >= 0")
+    check(r.sample_guidance >= 0, "run.sample_guidance", r.sample_guidance, "must be >= 0")
+    from difflab.samplers import SAMPLERS
+
+    check(r.sample_sampler in SAMPLERS, "run.sample_sampler", r.sample_sampler,
+          f"choose from {', '.join(SAMPLERS)}")
     try:
         config.unet.validate()
     except ValueError as e:

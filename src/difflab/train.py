@@ -169,7 +169,8 @@ def draw_samples(denoiser, config: TrainConfig, n: int, seed: int = GRID_SEED,
                 if config.unet.num_classes else None)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.run.bf16):
             chunks.append(sample(denoiser, (count, *shape), config.run.sample_sampler,
-                                 config.run.sample_steps, cond=cond, generator=generator))
+                                 config.run.sample_steps, cond=cond, generator=generator,
+                                 guidance_scale=config.run.sample_guidance))
     denoiser.train(was_training)
     return torch.cat(chunks).float().clamp(-1, 1)
 
