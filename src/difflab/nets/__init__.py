@@ -1,0 +1,1 @@
+"""Denoiser networks (U-Net) and the feature networks used by the metrics."""
