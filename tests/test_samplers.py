@@ -10,7 +10,7 @@ from difflab import samplers, schedules, sde, toy
 from difflab.denoiser import Denoiser
 from difflab.nets.unet import UNet, UNetConfig
 
-DETERMINISTIC = ("euler", "ddim", "heun", "dpmpp-2m", "dpmpp-3m")
+DETERMINISTIC = ("euler", "ddim", "heun", "dpmpp-2m", "dpmpp-3m", "unipc")
 STOCHASTIC = {
     "euler-maruyama-ve": ("euler-maruyama", 200, {"sde": "ve"}),
     "euler-maruyama-vp": ("euler-maruyama", 200, {"sde": "vp"}),
@@ -27,11 +27,11 @@ def _start(problem, n, sigma_max, seed=0):
     return torch.randn(n, problem.dim, generator=g, dtype=torch.float64) * sigma_max
 
 
-def _ode_error(name, problem, x, n, sigma_min, sigma_max):
+def _ode_error(name, problem, x, n, sigma_min, sigma_max, **options):
     """Mean per-sample error at sigma_min of n steps on a Karras grid that stops at sigma_min > 0
     (so the closed-form comparison is not dominated by the final jump to sigma = 0)."""
     sigmas = schedules.karras_sigmas(n, sigma_min, sigma_max)[:-1]
-    out = samplers.get_sampler(name)(problem, x.clone(), sigmas)
+    out = samplers.get_sampler(name)(problem, x.clone(), sigmas, **options)
     return (out - problem.ode_solution(x, sigma_max, sigma_min)).norm(dim=1).mean().item()
 
 
@@ -46,11 +46,15 @@ def test_deterministic_sampler_matches_closed_form_ode_per_sample(name):
     assert relative.max() < 5e-3, relative.max()
 
 
-@pytest.mark.parametrize("name,order", [("euler", 1), ("heun", 2), ("dpmpp-2m", 2), ("dpmpp-3m", 3)])
-def test_error_shrinks_at_theoretical_order(name, order):
+@pytest.mark.parametrize("name,order,options", [
+    ("euler", 1, {}), ("heun", 2, {}), ("dpmpp-2m", 2, {}), ("dpmpp-3m", 3, {}),
+    ("unipc", 2, {"order": 1}), ("unipc", 3, {"order": 2}), ("unipc", 4, {"order": 3}),
+    ("unipc", 3, {"order": 2, "variant": "bh1"})])
+def test_error_shrinks_at_theoretical_order(name, order, options):
+    """UniC raises the order of UniP-p by one (Zhao et al. 2023)."""
     gauss = toy.make_problem("gaussian-2d")
     x = _start(gauss, 64, 80.0)
-    errors = [_ode_error(name, gauss, x, n, 0.05, 80.0) for n in (64, 128, 256)]
+    errors = [_ode_error(name, gauss, x, n, 0.05, 80.0, **options) for n in (64, 128, 256)]
     rates = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
     assert all(abs(r - order) < 0.3 for r in rates), (errors, rates)
 
@@ -64,6 +68,15 @@ def test_ddim_eta0_equals_euler_on_the_same_grid():
         ddim = samplers.sample_ddim(mix, x.clone(), sigmas, eta=0.0)
         euler = samplers.sample_euler(mix, x.clone(), sigmas)
         torch.testing.assert_close(ddim, euler, rtol=1e-10, atol=1e-10)
+
+
+def test_unipc_predictor_alone_is_dpm_solver_pp():
+    """Without the corrector, UniP-2 (bh2) is DPM-Solver++(2M)."""
+    mix = toy.make_problem("mixture-2d")
+    sigmas = schedules.karras_sigmas(12, 0.002, 80.0)
+    x = _start(mix, 16, 80.0)
+    torch.testing.assert_close(samplers.sample_unipc(mix, x.clone(), sigmas, corrector=False),
+                               samplers.sample_dpmpp_2m(mix, x.clone(), sigmas), rtol=1e-9, atol=1e-9)
 
 
 def test_exact_mixture_denoiser_is_tweedie():
@@ -161,5 +174,7 @@ def test_bad_names_and_options_give_clear_errors():
         samplers.sample_pc(mix, x, sigmas, snr=0)
     with pytest.raises(ValueError, match="unknown SDE 'xx'"):
         samplers.sample_euler_maruyama(mix, x, sigmas, sde="xx")
+    with pytest.raises(ValueError, match="order=4 must be 1, 2 or 3"):
+        samplers.sample_unipc(mix, x, sigmas, order=4)
     with pytest.raises(ValueError, match="unknown toy problem"):
         toy.make_problem("mixture-3d")
