@@ -297,8 +297,12 @@ def markdown(problem: str, table: dict, nfes=NFES) -> str:
 
 
 # ----- trained MNIST model ---------------------------------------------------------------------
-MNIST_DIFFLAB = ("dpmpp-2m/karras(rho=7)", "unipc-o2/karras(rho=7)", "heun/karras(rho=7)")
-MNIST_DIFFUSERS = ("DDIM/trailing", "DPMSolverMultistep/o2/karras", "UniPCMultistep/o2/bh2/karras")
+# The configurations each side selected on the 64-D mixture at 5 and 10 NFE, plus the Karras grid
+# and DDIM as common baselines.
+MNIST_DIFFLAB = ("dpmpp-2m/log-snr(min=0.03)", "unipc-o2/log-snr(min=0.03)", "unipc-o2/karras(rho=7)",
+                 "euler/ddpm")
+MNIST_DIFFUSERS = ("DDIM/trailing", "DPMSolverMultistep/o2/exponential", "UniPCMultistep/o2/bh2/exponential",
+                   "UniPCMultistep/o2/bh2/karras")
 
 
 class Chunked:
@@ -317,7 +321,7 @@ class Chunked:
 def mnist_table(checkpoint: str, samples: int, seed: int, data_dir=None, nfes=(5, 10, 20)) -> dict:
     """FID (difflab MNIST features, vs mnist-test) of a trained checkpoint per sampler and NFE;
     both sides share the start noise and DDPM's linear schedule (T = 1000) as in the mixtures."""
-    from difflab.checkpoint import load_denoiser
+    from difflab.checkpoint import load_denoiser, read_checkpoint
     from difflab.evaluate import evaluate_images
 
     denoiser, config = load_denoiser(checkpoint)
@@ -328,7 +332,8 @@ def mnist_table(checkpoint: str, samples: int, seed: int, data_dir=None, nfes=(5
     alpha_bar = schedules.make_alpha_bar("linear", T_TRAIN)
     configs = {f"difflab:{c[0]}": c for c in difflab_configs() if c[0] in MNIST_DIFFLAB}
     configs.update({f"diffusers:{c[0]}": c for c in diffusers_configs() if c[0] in MNIST_DIFFUSERS})
-    table = {"checkpoint": str(checkpoint), "samples": samples, "rows": []}
+    table = {"checkpoint": str(checkpoint), "samples": samples, "rows": [],
+             "step": read_checkpoint(checkpoint)[0]["step"]}
     for label, config_ in configs.items():
         for nfe in nfes:
             if label.startswith("difflab:"):
@@ -348,7 +353,8 @@ def mnist_table(checkpoint: str, samples: int, seed: int, data_dir=None, nfes=(5
 def mnist_markdown(table: dict, nfes=(5, 10, 20)) -> str:
     lines = [f"#### Trained MNIST model: FID (difflab MNIST features, {table['samples']} samples "
              f"vs mnist-test; lower is better)", "",
-             f"checkpoint `{table['checkpoint']}`; real-vs-real floor at the same N: {table['floor']:.2f}", "",
+             f"checkpoint `{table['checkpoint']}` (step {table['step']}); real-vs-real floor at the "
+             f"same N: {table['floor']:.2f}", "",
              "| side | config | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
              "|---|---|" + "---|" * len(nfes)]
     for side, names in (("difflab", MNIST_DIFFLAB), ("diffusers", MNIST_DIFFUSERS)):
@@ -370,6 +376,7 @@ def main() -> None:
     parser.add_argument("--mnist", metavar="CHECKPOINT", help="also compare on a trained MNIST "
                         "checkpoint (run directory) by FID")
     parser.add_argument("--mnist-samples", type=int, default=500)
+    parser.add_argument("--mnist-nfe", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--data-dir", help="data directory for the FID reference (MNIST)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -388,8 +395,9 @@ def main() -> None:
                       f"{a['sw'] / b['sw']:.3f} ({a['config']} {a['sw']:.4f} vs {b['config']} {b['sw']:.4f})")
         print(flush=True)
     if args.mnist:
-        results["mnist"] = mnist_table(args.mnist, args.mnist_samples, args.seed, args.data_dir)
-        print(mnist_markdown(results["mnist"]), flush=True)
+        results["mnist"] = mnist_table(args.mnist, args.mnist_samples, args.seed, args.data_dir,
+                                       tuple(args.mnist_nfe))
+        print(mnist_markdown(results["mnist"], tuple(args.mnist_nfe)), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
