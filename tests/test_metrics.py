@@ -163,7 +163,7 @@ def test_sample_arrays_accept_uint8_nhwc_and_reject_bad_ranges():
 
 # ---------------------------------------------------------------- feature networks
 
-@pytest.mark.parametrize("name, threshold", [("mnist", 0.99)])
+@pytest.mark.parametrize("name, threshold", [("mnist", 0.99), ("cifar10", 0.85)])
 def test_shipped_feature_weights_load_and_record_accuracy(name, threshold):
     path, meta = classifier.weights_paths(name)
     assert path.stat().st_size < 5e6
