@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -222,7 +223,7 @@ def finish_run(run_dir: str | Path, n: int | None = None) -> Path:
 def score_samples(images: torch.Tensor, config: TrainConfig) -> dict | None:
     """FID/KID/IS/precision/recall of final samples against the test split, with difflab's own
     feature network (only MNIST and CIFAR-10 at their native size have one)."""
-    from difflab.evaluate import SHAPES, evaluate_images
+    from difflab.evaluate import SHAPES, difflab_extractor, evaluate_images
 
     dataset = config.data.dataset
     if dataset not in SHAPES or config.data.image_size not in (None, SHAPES[dataset][1]) \
@@ -230,5 +231,13 @@ def score_samples(images: torch.Tensor, config: TrainConfig) -> dict | None:
         return None
     result = evaluate_images(images, f"{dataset}-test", config.data.data_dir)
     features = result.pop("features")
-    return {f"{k} ({features})" if k.split("_")[0] in ("fid", "kid") else k: v
-            for k, v in result.items() if k != "reference"}
+    scores = {f"{k} ({features} features)" if k.split("_")[0] in ("fid", "kid") else k: v
+              for k, v in result.items() if k != "reference"}
+    # What the classifier behind the features sees: how confident, and which classes.
+    _, probs = difflab_extractor(dataset)(images)
+    counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])
+    scores["classifier confidence (mean max probability)"] = float(probs.max(1).mean())
+    scores["share of samples with confidence > 0.9"] = float((probs.max(1) > 0.9).mean())
+    scores["classes present"] = f"{int((counts > 0).sum())} of {probs.shape[1]}"
+    scores["predicted class counts"] = " ".join(str(c) for c in counts)
+    return scores
