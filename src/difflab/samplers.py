@@ -325,8 +325,3 @@ def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid: str | 
     x = _noise_like(torch.empty(shape), generator) * float(sigmas[0])
     return fn(guided(denoiser, guidance_scale), x, sigmas, cond=cond, generator=generator,
               callback=callback, **options)
-
-
-def nfe_per_step(sampler: str, steps: int) -> int:
-    """Network evaluations a sampler spends on a grid of ``steps`` levels."""
-    return steps
