@@ -126,8 +126,10 @@ def write_report(run_dir: str | Path, sample_info: dict, metrics: dict | None = 
         lines += [f"![loss curve]({curve.name})", ""]
     lines += ["## Samples", "",
               f"{sample_info['n']} samples, sampler `{sample_info['sampler']}` with "
-              f"{sample_info['steps']} steps ({sample_info['nfe']} network evaluations), EMA "
-              f"weights, {sample_info['seconds']:.1f} s.", "",
+              f"{sample_info['steps']} steps ({sample_info['nfe']} network evaluations per image"
+              + (f"; class-conditional, classifier-free guidance {sample_info['guidance']:g}, "
+                 "labels cycling 0..9" if sample_info.get("guidance") is not None else "")
+              + f"), EMA weights, {sample_info['seconds']:.1f} s.", "",
               f"![samples]({sample_info['grid']})", ""]
     if sample_info.get("npz"):
         lines += [f"All samples in [0, 1]: `{sample_info['npz']}`.", ""]

@@ -195,12 +195,17 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def finish_run(run_dir: str | Path, n: int | None = None) -> Path:
-    """Sample the trained EMA model, save a 64-image grid and all samples (.npz), write report.md."""
+def finish_run(run_dir: str | Path, n: int | None = None, **sampling) -> Path:
+    """Sample the trained EMA model, save a 64-image grid and all samples (.npz), write report.md.
+    ``sampling`` overrides run fields such as ``sample_sampler=``, ``sample_steps=``,
+    ``sample_guidance=`` for this call."""
     from difflab.checkpoint import load_denoiser
+    from difflab.config import update, validate
     from difflab.report import save_npz, write_report
+
     run_dir = Path(run_dir)
     denoiser, config = load_denoiser(run_dir)
+    validate(update(config, {"run": sampling}))
     n = config.run.final_samples if n is None else n
     calls = []  # batch size of every network evaluation
     denoiser.net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
@@ -209,6 +214,7 @@ def finish_run(run_dir: str | Path, n: int | None = None) -> Path:
     seconds = time.perf_counter() - started
     save_grid(images[:64], run_dir / "samples.png")
     info = {"n": len(images), "sampler": config.run.sample_sampler, "steps": config.run.sample_steps,
+            "guidance": config.run.sample_guidance if config.unet.num_classes else None,
             "nfe": round(sum(calls) / len(images)),  # network evaluations per image
             "seconds": seconds, "grid": "samples.png",
             "parameters": sum(p.numel() for p in denoiser.net.parameters())}
