@@ -51,13 +51,15 @@ def main():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    p.add_argument("--datasets", nargs="+", default=["mnist", "cifar10"])
+    p.add_argument("--datasets", nargs="*", default=["mnist", "cifar10"],
+                   help="data sets for the sanity table (none: only the throughput line)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    print("| data | samples vs test split | N | FID | KID | IS | precision | recall |")
-    print("|---|---|---|---|---|---|---|---|")
+    if args.datasets:
+        print("| data | samples vs test split | N | FID | KID | IS | precision | recall |")
+        print("|---|---|---|---|---|---|---|---|")
     for dataset in args.datasets:
         ex = difflab_extractor(dataset)
         ref, _ = reference_features(f"{dataset}-test", ex, args.data_dir)
