@@ -180,7 +180,7 @@ def test_cli_bad_input_is_one_line(args, message):
 def test_sample_cli_validates_sampler_and_ranges(tmp_path):
     run = tmp_path / "run"
     assert difflab("train", "--data", "digits", "--steps", 2, "--out", run, "--final-samples", 0,
-                   *TINY).returncode == 0
+                   "--unconditional", *TINY).returncode == 0
     for args, message in ((["--sampler", "bogus"], "unknown sampler 'bogus'"),
                           (["--steps", "0"], "--steps must be at least 1"),
                           (["--eta", "2"], "--eta must be in [0, 1]"),
@@ -191,7 +191,7 @@ def test_sample_cli_validates_sampler_and_ranges(tmp_path):
 
 def test_class_conditional_training_and_guided_sampling(tmp_path):
     run = tmp_path / "cond"
-    result = difflab("train", "--data", "digits", "--steps", 6, "--class-conditional", "--out", run,
+    result = difflab("train", "--data", "digits", "--steps", 6, "--out", run,
                      "--final-samples", 20, *TINY)
     assert result.returncode == 0, result.stderr
     _, tensors = read_checkpoint(run)

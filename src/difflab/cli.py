@@ -33,8 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 8.5; with --steps alone, no time limit)")
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--class-conditional", action="store_true", default=None,
-                   help="condition on labels (classifier-free guidance training)")
+    p.add_argument("--unconditional", dest="class_conditional", action="store_false",
+                   default=None, help="ignore labels (default: class-conditional training with "
+                   "label dropout, sampled with classifier-free guidance)")
+    p.add_argument("--class-conditional", dest="class_conditional", action="store_true",
+                   help=argparse.SUPPRESS)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None,
                    help="train in float32 instead of bf16 autocast")
     p.add_argument("--threads", type=int, help="torch CPU threads")

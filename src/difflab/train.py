@@ -43,7 +43,8 @@ def prepare(config: TrainConfig):
     config.unet.in_channels, config.unet.image_size = data.shape[0], data.shape[1]
     config.unet.num_classes = data.num_classes if d.class_conditional else 0
     if d.class_conditional and data.labels is None:
-        raise ValueError(f"data.class_conditional=True but data set {d.dataset!r} has no labels")
+        raise ValueError(f"data.class_conditional=True but data set {d.dataset!r} has no labels "
+                         "(train with --unconditional)")
     return data, validate(config)
 
 
@@ -72,7 +73,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         if saved != now:
             changed = sorted(f"{s}.{k}" for s in now for k in now[s] if saved.get(s, {}).get(k) != now[s][k])
             raise ValueError(f"{out / INDEX}: cannot resume with changed settings "
-                             f"({', '.join(changed)}); only the stopping rule may change")
+                             f"({', '.join(changed)}); only the stopping rule, logging and "
+                             "sampling settings may change")
         denoiser.net.load_state_dict(sub_state(tensors, "model"))
         ema.load_state_dict(sub_state(tensors, "ema"))
         load_optimizer(optimizer, tensors, info["param_groups"])
@@ -176,11 +178,14 @@ def draw_samples(denoiser, config: TrainConfig, n: int, seed: int = GRID_SEED,
     return torch.cat(chunks).float().clamp(-1, 1)
 
 
-RESUMABLE_FIELDS = {"steps", "minutes", "threads", "final_samples"}
+# Run fields that do not change the training trajectory, so a resume may change them.
+RESUMABLE_FIELDS = {"steps", "minutes", "threads", "final_samples", "log_every", "sample_every",
+                    "checkpoint_every", "sample_steps", "sample_sampler", "sample_guidance",
+                    "eval_every", "eval_n"}
 
 
 def _trajectory_fields(config: dict) -> dict:
-    """The config with the fields a resume may change (stopping rule, threads) removed."""
+    """The config without the fields a resume may change (stopping rule, logging, sampling)."""
     config = json.loads(json.dumps(config))  # tuples -> lists, as saved
     config["run"] = {k: v for k, v in config["run"].items() if k not in RESUMABLE_FIELDS}
     return config
