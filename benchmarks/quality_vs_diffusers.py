@@ -82,15 +82,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/quality-vs-diffusers")
+    parser.add_argument("--diffusers-only", action="store_true",
+                        help="train and score only the diffusers side; save its samples to --out")
     args = parser.parse_args()
     if args.minutes is None and args.diffusers_steps is None:
         parser.error("give --minutes or --diffusers-steps")
 
     images = load_dataset("mnist", args.data_dir, "train").images
     model, steps, seconds = train_diffusers(images, args.minutes, args.diffusers_steps, args.batch, args.seed)
-    theirs = evaluate_images(sample_diffusers(model, args.n, args.seed), "mnist-test", args.data_dir)
+    diffusers_samples = sample_diffusers(model, args.n, args.seed)
+    theirs = evaluate_images(diffusers_samples, "mnist-test", args.data_dir)
     print(f"diffusers: {steps} steps in {seconds / 60:.1f} min, FID {theirs['fid']:.2f}, "
           f"KID {theirs['kid']:.4f}, precision {theirs['precision']:.3f}, recall {theirs['recall']:.3f}")
+    if args.diffusers_only:
+        from pathlib import Path
+
+        from difflab.report import save_grid, save_npz
+
+        save_grid(diffusers_samples[:64], Path(args.out) / "diffusers-samples.png")
+        print(f"samples: {save_npz(diffusers_samples, Path(args.out) / 'diffusers-samples.npz')}")
+        return
 
     if args.difflab_run:
         from difflab.checkpoint import load_denoiser, read_checkpoint
