@@ -182,6 +182,17 @@ def write_report(results: str | Path, out: str | Path) -> Path:
             f"{_fmt(r['p_holm'], 3)} | {r['verdict']} |")
     base = result["baseline"]
     base_width = result["sensitivity"].get(base, {}).get("width")
+    tested = [r for r in result["rows"] if r["n"]]
+    if tested:
+        n_min = min(r["n"] for r in tested)
+        m = len(tested)
+        floor = 2 / 2 ** n_min
+        lines += ["", f"Power note: with {n_min} paired seeds the smallest attainable exact "
+                  f"permutation p is 2/2^{n_min} = {floor:.4f}; Holm over {m} tests multiplies "
+                  f"the smallest by {m}, so the smallest attainable adjusted p is "
+                  f"{min(1.0, m * floor):.3f}"
+                  + (" — at this budget no comparison can be declared significant, and the "
+                     "CIs and effect sizes carry the information." if m * floor >= 0.05 else ".")]
     lines += ["", "Sensitivity (tuning grid, one seed per configuration, so no CI): width in "
               "log10(lr) of the region within 95% of the arm's best validation accuracy, at the "
               "selected value of the arm's second knob; compared with the strongest baseline "
