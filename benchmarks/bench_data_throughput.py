@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from difflab.bench.problems import load_problem
+from difflab.bench.runner import train_batch
 
 
 def main() -> None:
@@ -47,13 +48,7 @@ def main() -> None:
         n = min(args.block, steps - k)
         t = time.perf_counter()
         for j in range(k, k + n):
-            idx = perm[j * bs:(j + 1) * bs]
-            xb, yb = p.train_x[idx], p.train_y[idx]
-            opt_a.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model_a(xb), yb)
-            loss.backward()
-            opt_a.step()
-            loss.item()
+            train_batch(model_a, opt_a, p, perm[j * bs:(j + 1) * bs])   # the runner's own step
         epoch_s += time.perf_counter() - t
         t = time.perf_counter()
         for _ in range(n):

@@ -118,6 +118,16 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tupl
     return total_loss / x.shape[0], correct / x.shape[0]
 
 
+def train_batch(model, opt, problem: Problem, idx: torch.Tensor) -> float:
+    """One optimizer step on the mini-batch ``idx`` gathered from the resident train tensor."""
+    xb, yb = problem.train_x[idx], problem.train_y[idx]
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(xb), yb)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
@@ -171,13 +181,7 @@ def run_one(spec: RunSpec, data_dir: str | None = None) -> dict:
         last_epoch_losses = []
         for k in range(steps_per_epoch):
             t0 = time.perf_counter()
-            idx = perm[k * bs:(k + 1) * bs]
-            xb, yb = problem.train_x[idx], problem.train_y[idx]
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            value = loss.item()
+            value = train_batch(model, opt, problem, perm[k * bs:(k + 1) * bs])
             train_clock += time.perf_counter() - t0
             if not math.isfinite(value) or not all(torch.isfinite(p).all()
                                                    for p in model.parameters()):
