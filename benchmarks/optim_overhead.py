@@ -3,7 +3,9 @@ parameters (62,006), both in the same implementation mode (foreach, then for-loo
 
 Both sides run interleaved in one process (blocks of steps, alternating), so machine load hits
 both alike; the ratio is the median over repeats of (block time / SGD block time), with a 95%
-bootstrap CI. Also times the noise draw alone (one normal_ over a flat buffer of all parameters).
+bootstrap CI. Also times the noise draw alone over a flat buffer of all parameters, with
+difflab's counter-based stream (the default noise source) and with torch's ``normal_`` (MT19937,
+what ``Langevin(generator=torch.Generator())`` uses), and whether the compiled kernel is loaded.
 
     python benchmarks/optim_overhead.py [--repeats 30] [--block 200]
 """
@@ -18,6 +20,7 @@ import torch
 from difflab.bench.problems import build_model
 from difflab.bench.stats import bootstrap_ci
 from difflab.optim import Langevin
+from difflab.optim.normal import NormalStream, kernel_available
 
 
 def main() -> None:
@@ -29,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     n_train = 45000
     print(f"torch {torch.__version__}, {args.threads} thread(s), repeats {args.repeats} x "
-          f"block {args.block} steps")
+          f"block {args.block} steps, compiled noise kernel: {kernel_available()}")
     for foreach in (True, False):
         def make(kind):
             torch.manual_seed(0)
@@ -52,6 +55,9 @@ def main() -> None:
             if kind == "Langevin(langevin, momentum=0.9)":
                 return Langevin(params, lr=0.01, temperature=1 / n_train, momentum=0.9,
                                 foreach=foreach, seed=0)
+            if kind == "Langevin(langevin, torch.Generator)":
+                return Langevin(params, lr=0.01, temperature=1 / n_train, foreach=foreach,
+                                generator=torch.Generator().manual_seed(0))
             if kind == "Langevin(langevin, rmsprop)":
                 return Langevin(params, lr=0.01, temperature=1 / n_train,
                                 preconditioner="rmsprop", foreach=foreach, seed=0)
@@ -59,15 +65,20 @@ def main() -> None:
 
         kinds = ["SGD(momentum=0.9)", "SGD()", "Langevin(T=0)", "Langevin(langevin)",
                  "Langevin(constant)", "Langevin(langevin, momentum=0.9)",
-                 "Langevin(langevin, rmsprop)"]
+                 "Langevin(langevin, rmsprop)", "Langevin(langevin, torch.Generator)"]
         opts = {k: make(k) for k in kinds}
         flat = torch.empty(62006)
         gen = torch.Generator().manual_seed(0)
-        times = {k: [] for k in kinds + ["noise draw only"]}
+        stream = NormalStream(0)
+        draws = ["noise draw only: difflab stream", "noise draw only: torch normal_"]
+        times = {k: [] for k in kinds + draws}
         for rep in range(args.repeats + 1):
-            for k in kinds + ["noise draw only"]:
+            for k in kinds + draws:
                 t0 = time.perf_counter()
-                if k == "noise draw only":
+                if k == draws[0]:
+                    for _ in range(args.block):
+                        stream.normal_(flat)
+                elif k == draws[1]:
                     for _ in range(args.block):
                         flat.normal_(generator=gen)
                 else:
@@ -100,11 +111,11 @@ def main() -> None:
                     whole[k].append((time.perf_counter() - t0) / 10)
         ref = np.array(times["SGD(momentum=0.9)"])
         print(f"\nmode: {'foreach' if foreach else 'for-loop'}")
-        print(f"{'optimizer':36s} {'median us':>10s} {'ratio':>7s}  95% CI")
+        print(f"{'optimizer':38s} {'median us':>10s} {'ratio':>7s}  95% CI")
         for k, t in times.items():
             r = np.array(t) / ref
             lo, hi = bootstrap_ci(r, np.median)
-            print(f"{k:36s} {1e6 * np.median(t):10.1f} {np.median(r):7.2f}  [{lo:.2f}, {hi:.2f}]")
+            print(f"{k:38s} {1e6 * np.median(t):10.1f} {np.median(r):7.2f}  [{lo:.2f}, {hi:.2f}]")
         r = np.array(whole["Langevin(langevin)"]) / np.array(whole["SGD(momentum=0.9)"])
         lo, hi = bootstrap_ci(r, np.median)
         print(f"whole training step (fwd+bwd+step, batch 128): SGD(momentum=0.9) "

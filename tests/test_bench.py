@@ -103,7 +103,7 @@ def test_budgets_declare_equal_tuning_budget():
               "annealed")}
     assert set(sizes.values()) == {8}
     tune, grid = tuning_configs("langevin", b)
-    assert not set(tune) & set(grid) and len(grid) == 8     # heatmap-only runs
+    assert not set(tune) & set(grid) and len(grid) == 16    # heatmap-only runs
     with pytest.raises(ValueError, match="unknown budget"):
         get_budget("huge", "cifar10-cnn")
 

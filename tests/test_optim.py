@@ -9,6 +9,7 @@ import torch
 from scipy.linalg import solve_discrete_lyapunov
 
 from difflab.optim import Langevin
+from difflab.optim.normal import NormalStream
 
 torch.set_num_threads(1)
 
@@ -63,36 +64,45 @@ def test_temperature_zero_is_sgd_bit_exact(foreach, kw):
                                 dict(noise="annealed", momentum=0.5, preconditioner="rmsprop"),
                                 dict(noise="langevin", temperature_schedule="cosine",
                                      temperature_end=1e-5, schedule_steps=20)])
-def test_foreach_equals_reference_loop(kw):
+@pytest.mark.parametrize("source", ["seed", "torch.Generator"])
+def test_foreach_equals_reference_loop(kw, source):
     x, y = _data()
     m1, m2 = _model(), _model()
-    o1 = Langevin(m1.parameters(), lr=0.03, temperature=1e-3, foreach=False, seed=5, **kw)
-    o2 = Langevin(m2.parameters(), lr=0.03, temperature=1e-3, foreach=True, seed=5, **kw)
+
+    def noise_source():
+        return dict(seed=5) if source == "seed" else dict(generator=torch.Generator().manual_seed(5))
+    o1 = Langevin(m1.parameters(), lr=0.03, temperature=1e-3, foreach=False, **noise_source(), **kw)
+    o2 = Langevin(m2.parameters(), lr=0.03, temperature=1e-3, foreach=True, **noise_source(), **kw)
     _train(m1, o1, 40, x, y)
     _train(m2, o2, 40, x, y)
     assert torch.equal(_flat(m1), _flat(m2))
     assert not torch.equal(_flat(m1), _flat(_model()))
 
 
-def _unit_noise(seed, params):
-    """The documented draw: one N(0, I) vector over the group's params in order, split."""
-    g = torch.Generator().manual_seed(seed)
-    flat = torch.empty(sum(p.numel() for p in params)).normal_(generator=g)
-    return flat
+def _unit_noise(source, params):
+    """The documented draw: one N(0, I) vector over the group's params in order (the next
+    elements of the seed's NormalStream, or one normal_ from a torch.Generator)."""
+    flat = torch.empty(sum(p.numel() for p in params))
+    if isinstance(source, torch.Generator):
+        return flat.normal_(generator=source)
+    return NormalStream(source).normal_(flat)
 
 
 @pytest.mark.parametrize("mode,scale", [("langevin", lambda lr, d: math.sqrt(2 * lr * d)),
                                         ("constant", lambda lr, d: d)])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_one_step_noise_is_scale_times_unit_noise(mode, scale, foreach):
+@pytest.mark.parametrize("source", ["seed", "torch.Generator"])
+def test_one_step_noise_is_scale_times_unit_noise(mode, scale, foreach, source):
     lr, d = 0.1, 0.02
     m1, m2 = _model(), _model()
     x, y = _data()
     for m in (m1, m2):
         torch.nn.functional.mse_loss(m(x), y).backward()
     torch.optim.SGD(m1.parameters(), lr=lr).step()
-    Langevin(m2.parameters(), lr=lr, temperature=d, noise=mode, seed=11, foreach=foreach).step()
-    xi = _unit_noise(11, list(m2.parameters()))
+    kw = dict(seed=11) if source == "seed" else dict(generator=torch.Generator().manual_seed(11))
+    Langevin(m2.parameters(), lr=lr, temperature=d, noise=mode, foreach=foreach, **kw).step()
+    xi = _unit_noise(11 if source == "seed" else torch.Generator().manual_seed(11),
+                     list(m2.parameters()))
     # Tutorial update: theta - lr*grad + D*xi; Langevin: theta - lr*grad + sqrt(2 lr D)*xi
     torch.testing.assert_close(_flat(m2) - _flat(m1), scale(lr, d) * xi, rtol=0, atol=2e-7)
 
@@ -103,12 +113,12 @@ def test_constant_mode_matches_tutorial_loop():
     x, y = _data()
     m1, m2 = _model(), _model()
     opt = Langevin(m2.parameters(), lr=lr, temperature=d, noise="constant", seed=2)
-    g = torch.Generator().manual_seed(2)
+    stream = NormalStream(2)
     for _ in range(10):
         for m in (m1, m2):
             m.zero_grad()
             torch.nn.functional.mse_loss(m(x), y).backward()
-        flat = torch.empty(sum(p.numel() for p in m1.parameters())).normal_(generator=g)
+        flat = stream.normal_(torch.empty(sum(p.numel() for p in m1.parameters())))
         with torch.no_grad():
             offset = 0
             for p in m1.parameters():
@@ -181,6 +191,24 @@ def test_state_dict_round_trip_resumes_exactly():
     o3.load_state_dict(saved_opt)
     _train(m3, o3, 20, x, y, start=10)
     assert torch.equal(_flat(m1), _flat(m3))
+
+
+def test_state_dict_round_trip_with_torch_generator_and_mismatch_error():
+    x, y = _data()
+    m1, m2 = _model(), _model()
+    o1 = Langevin(m1.parameters(), lr=0.03, temperature=1e-3,
+                  generator=torch.Generator().manual_seed(1))
+    _train(m1, o1, 5, x, y)
+    m2.load_state_dict(m1.state_dict())
+    o2 = Langevin(m2.parameters(), lr=0.03, temperature=1e-3,
+                  generator=torch.Generator().manual_seed(99))
+    o2.load_state_dict(o1.state_dict())
+    _train(m1, o1, 5, x, y, start=5)
+    _train(m2, o2, 5, x, y, start=5)
+    assert torch.equal(_flat(m1), _flat(m2))
+    o3 = Langevin(_model().parameters(), lr=0.03, temperature=1e-3, seed=0)
+    with pytest.raises(ValueError, match="noise source"):
+        o3.load_state_dict(o1.state_dict())
 
 
 def test_per_group_temperatures_and_schedule():

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from difflab.bench.problems import Problem, load_problem
 from difflab.optim import Langevin
+from difflab.optim.normal import kernel_available
 
 ARMS = ("sgd", "momentum", "momentum_wd", "adam", "langevin", "tutorial", "sghmc", "annealed")
 BASELINES = ("sgd", "momentum", "momentum_wd", "adam")
@@ -104,7 +105,8 @@ def environment(threads: int) -> dict:
     except OSError:
         pass
     return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
-            "threads": threads, "host_cpus": os.cpu_count()}
+            "threads": threads, "host_cpus": os.cpu_count(),
+            "noise_kernel": "compiled" if kernel_available() else "numpy"}
 
 
 @torch.no_grad()

@@ -24,6 +24,8 @@ import math
 import torch
 from torch.optim import Optimizer
 
+from difflab.optim.normal import NormalStream
+
 NOISE_MODES = ("langevin", "constant", "annealed")
 PRECONDITIONERS = (None, "rmsprop")
 TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine")
@@ -142,47 +144,50 @@ class Langevin(Optimizer):
             if group["temperature_schedule"] != "constant" and group["schedule_steps"] <= 0:
                 raise ValueError("Langevin: a temperature schedule needs schedule_steps > 0")
             group.setdefault("step", 0)
-        if generator is None:
-            generator = torch.Generator()
-            if seed is None:
-                generator.seed()  # non-deterministic, without touching the global RNG
-            else:
-                generator.manual_seed(int(seed))
         self.generator = generator
+        self.noise_stream = NormalStream(seed) if generator is None else None
         self._flat_noise: dict[int, torch.Tensor] = {}
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["generator_state"] = self.generator.get_state()
+        if self.generator is None:
+            state["noise_stream"] = self.noise_stream.state_dict()
+        else:
+            state["generator_state"] = self.generator.get_state()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
+        stream_state = state_dict.pop("noise_stream", None)
         generator_state = state_dict.pop("generator_state", None)
+        has_source = stream_state is not None or generator_state is not None
+        if has_source and (stream_state is not None) != (self.generator is None):
+            raise ValueError("Langevin: the state_dict's noise source (seed/stream or "
+                             "torch.Generator) differs from this optimizer's")
         super().load_state_dict(state_dict)
+        if stream_state is not None:
+            self.noise_stream.load_state_dict(stream_state)
         if generator_state is not None:
             self.generator.set_state(generator_state)
 
     # -- noise ---------------------------------------------------------------------------------
-    def _unit_noise(self, index: int, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """One N(0, I) draw over all ``params`` (group order), returned as views shaped like them."""
+    def _group_noise(self, index: int, params: list[torch.Tensor]) -> "_GroupNoise":
+        """This step's unit noise for one group: the next ``sum(numel)`` elements."""
+        sizes = [p.numel() for p in params]
+        if self.generator is None:
+            return _GroupNoise(params, sizes, self.noise_stream.reserve(sum(sizes)),
+                               stream=self.noise_stream)
         dtype, device = params[0].dtype, params[0].device
         if any(p.dtype != dtype or p.device != device for p in params):
-            raise ValueError("Langevin: all parameters of a group must share dtype and device")
-        total = sum(p.numel() for p in params)
+            raise ValueError("Langevin: with a torch.Generator all parameters of a group must "
+                             "share dtype and device")
         flat = self._flat_noise.get(index)
-        if flat is None or flat.numel() != total or flat.dtype != dtype:
-            flat = torch.empty(total, dtype=dtype, device=self.generator.device)
+        if flat is None or flat.numel() != sum(sizes) or flat.dtype != dtype:
+            flat = torch.empty(sum(sizes), dtype=dtype, device=self.generator.device)
             self._flat_noise[index] = flat
         flat.normal_(generator=self.generator)
-        if flat.device != device:
-            flat = flat.to(device)
-        views, offset = [], 0
-        for p in params:
-            views.append(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
-        return views
+        return _GroupNoise(params, sizes, 0, flat=flat.to(device))
 
     # -- step ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -201,17 +206,64 @@ class Langevin(Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise ValueError("Langevin: sparse gradients are not supported")
             temperature = scheduled_temperature(group, t)
-            for p in params:  # lazy per-parameter state
-                state = self.state[p]
-                if group["momentum"] != 0 and "momentum_buffer" not in state:
-                    state["momentum_buffer"] = None
-                if group["preconditioner"] == "rmsprop" and "square_avg" not in state:
-                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            noise = self._unit_noise(index, params) if temperature > 0 else None
+            if group["momentum"] != 0 or group["preconditioner"] is not None:
+                states = [self.state[p] for p in params]
+                for p, state in zip(params, states):  # lazy per-parameter state
+                    if group["momentum"] != 0 and "momentum_buffer" not in state:
+                        state["momentum_buffer"] = None
+                    if group["preconditioner"] == "rmsprop" and "square_avg" not in state:
+                        state["square_avg"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format)
+            else:
+                states = [None] * len(params)    # plain SGLD keeps no per-parameter state
+            noise = self._group_noise(index, params) if temperature > 0 else None
             foreach = group["foreach"] is not False
             update = _foreach_update if foreach else _reference_update
-            update(params, [self.state[p] for p in params], noise, group, temperature, t)
+            update(params, states, noise, group, temperature, t)
         return loss
+
+
+class _GroupNoise:
+    """Unit noise xi ~ N(0, I) of one group for one step, element j of parameter i being
+    element ``start + offset_i + j`` of either the optimizer's ``NormalStream`` (added by the
+    kernel without a buffer) or a flat ``torch.Generator`` draw (``flat``, start 0)."""
+
+    def __init__(self, params, sizes, start, *, stream=None, flat=None):
+        self.params, self.sizes, self.start, self.stream, self.flat = params, sizes, start, stream, flat
+        self._starts = self._unit = None
+
+    @property
+    def starts(self) -> list[int]:
+        if self._starts is None:
+            self._starts = [self.start]
+            for n in self.sizes[:-1]:
+                self._starts.append(self._starts[-1] + n)
+        return self._starts
+
+    def unit(self) -> list[torch.Tensor]:
+        """xi as tensors shaped like the parameters."""
+        if self._unit is None:
+            if self.flat is None:
+                self._unit = [self.stream.fill_(torch.empty_like(p, memory_format=torch.contiguous_format), s)
+                              for p, s in zip(self.params, self.starts)]
+            else:
+                self._unit = [self.flat[s:s + p.numel()].view_as(p)
+                              for p, s in zip(self.params, self.starts)]
+        return self._unit
+
+    def add_(self, i: int, t: torch.Tensor, std: float) -> None:
+        """t += std * xi_i."""
+        if self.flat is None:
+            self.stream.add_([t], std, self.starts[i])
+        else:
+            t.add_(self.unit()[i], alpha=std)
+
+    def add_all_(self, tensors: list[torch.Tensor], std: float) -> None:
+        """tensors[i] += std * xi_i for every parameter i."""
+        if self.flat is None:
+            self.stream.add_(tensors, std, self.start, self.sizes)
+        else:
+            torch._foreach_add_(tensors, self.unit(), alpha=std)
 
 
 def _noise_scales(group: dict, temperature: float, t: int) -> tuple[float, float, float]:
@@ -241,15 +293,16 @@ def _reference_update(params, states, noise, group, temperature, t) -> None:
         if wd != 0:
             g = g.add(p, alpha=wd)
         if grad_std != 0:
-            g = g.add(noise[i], alpha=grad_std)
-        xi = None if noise is None else noise[i]
+            g = g.clone() if g is p.grad else g
+            noise.add_(i, g, grad_std)
+        scaled_xi = None                                 # sqrt(G) * xi when preconditioned
         if precondition:
             v = state["square_avg"]
             v.mul_(group["alpha"]).addcmul_(g, g, value=1 - group["alpha"])
             denom = v.sqrt().add_(group["eps"])          # 1 / G
             g = g.div(denom)
-            if xi is not None and group["noise"] == "langevin":
-                xi = xi.div(denom.sqrt())                # sqrt(G) * xi
+            if noise is not None and group["noise"] == "langevin":
+                scaled_xi = noise.unit()[i].div(denom.sqrt())
         if mu != 0:
             buf = state["momentum_buffer"]
             if buf is None:
@@ -258,11 +311,17 @@ def _reference_update(params, states, noise, group, temperature, t) -> None:
             else:
                 buf.mul_(mu).add_(g, alpha=1 - dampening)
             if buf_std != 0:
-                buf.add_(xi, alpha=buf_std)
+                if scaled_xi is None:
+                    noise.add_(i, buf, buf_std)
+                else:
+                    buf.add_(scaled_xi, alpha=buf_std)
             g = g.add(buf, alpha=mu) if nesterov else buf
         p.add_(g, alpha=-lr)
         if param_std != 0:
-            p.add_(xi, alpha=param_std)
+            if scaled_xi is None:
+                noise.add_(i, p, param_std)
+            else:
+                p.add_(scaled_xi, alpha=param_std)
 
 
 def _foreach_update(params, states, noise, group, temperature, t) -> None:
@@ -274,8 +333,9 @@ def _foreach_update(params, states, noise, group, temperature, t) -> None:
     if wd != 0:
         grads = torch._foreach_add(grads, params, alpha=wd)
     if grad_std != 0:
-        grads = torch._foreach_add(grads, noise, alpha=grad_std)
-    xis = noise
+        grads = [g.clone() for g in grads] if wd == 0 else grads
+        noise.add_all_(grads, grad_std)
+    scaled_xis = None
     if group["preconditioner"] == "rmsprop":
         squares = [s["square_avg"] for s in states]
         torch._foreach_mul_(squares, group["alpha"])
@@ -283,8 +343,8 @@ def _foreach_update(params, states, noise, group, temperature, t) -> None:
         denoms = torch._foreach_sqrt(squares)
         torch._foreach_add_(denoms, group["eps"])
         grads = torch._foreach_div(grads, denoms)
-        if xis is not None and group["noise"] == "langevin":
-            xis = torch._foreach_div(xis, torch._foreach_sqrt(denoms))
+        if noise is not None and group["noise"] == "langevin":
+            scaled_xis = torch._foreach_div(noise.unit(), torch._foreach_sqrt(denoms))
     if mu != 0:
         if all(s["momentum_buffer"] is not None for s in states):
             bufs = [s["momentum_buffer"] for s in states]
@@ -299,8 +359,14 @@ def _foreach_update(params, states, noise, group, temperature, t) -> None:
                     s["momentum_buffer"].mul_(mu).add_(g, alpha=1 - dampening)
                 bufs.append(s["momentum_buffer"])
         if buf_std != 0:
-            torch._foreach_add_(bufs, xis, alpha=buf_std)
+            if scaled_xis is None:
+                noise.add_all_(bufs, buf_std)
+            else:
+                torch._foreach_add_(bufs, scaled_xis, alpha=buf_std)
         grads = torch._foreach_add(grads, bufs, alpha=mu) if nesterov else bufs
     torch._foreach_add_(params, grads, alpha=-lr)
     if param_std != 0:
-        torch._foreach_add_(params, xis, alpha=param_std)
+        if scaled_xis is None:
+            noise.add_all_(params, param_std)
+        else:
+            torch._foreach_add_(params, scaled_xis, alpha=param_std)
