@@ -7,7 +7,11 @@ bootstrap CI. Also times the noise draw alone over a flat buffer of all paramete
 difflab's counter-based stream (the default noise source) and with torch's ``normal_`` (MT19937,
 what ``Langevin(generator=torch.Generator())`` uses), and whether the compiled kernel is loaded.
 
-    python benchmarks/optim_overhead.py [--repeats 30] [--block 200]
+    python benchmarks/optim_overhead.py [--repeats 30] [--block 200] [--model unet]
+
+``--model unet`` times the steps on the parameters of difflab's MNIST U-Net (1.2M parameters,
+many tensors) instead, where SGD's memory-bound passes are relatively cheaper than the noise
+(no whole-training-step row there).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 
 from difflab.bench.problems import build_model
 from difflab.bench.stats import bootstrap_ci
+from difflab.nets.unet import UNet, UNetConfig
 from difflab.optim import Langevin
 from difflab.optim.normal import NormalStream, kernel_available
 
@@ -28,15 +33,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--block", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", choices=("cifar10-cnn", "unet"), default="cifar10-cnn")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n_train = 45000
+    def build(name):
+        return build_model(name) if name == "cifar10-cnn" else UNet(UNetConfig())
+
+    n_params = sum(p.numel() for p in build(args.model).parameters())
     print(f"torch {torch.__version__}, {args.threads} thread(s), repeats {args.repeats} x "
-          f"block {args.block} steps, compiled noise kernel: {kernel_available()}")
+          f"block {args.block} steps, compiled noise kernel: {kernel_available()}, "
+          f"{args.model} parameters: {n_params}")
     for foreach in (True, False):
         def make(kind):
             torch.manual_seed(0)
-            model = build_model("cifar10-cnn")
+            model = build(args.model)
             params = list(model.parameters())
             g = torch.Generator().manual_seed(1)
             for p in params:
@@ -67,7 +78,7 @@ def main() -> None:
                  "Langevin(constant)", "Langevin(langevin, momentum=0.9)",
                  "Langevin(langevin, rmsprop)", "Langevin(langevin, torch.Generator)"]
         opts = {k: make(k) for k in kinds}
-        flat = torch.empty(62006)
+        flat = torch.empty(n_params)
         gen = torch.Generator().manual_seed(0)
         stream = NormalStream(0)
         draws = ["noise draw only: difflab stream", "noise draw only: torch normal_"]
@@ -88,27 +99,6 @@ def main() -> None:
                 dt = (time.perf_counter() - t0) / args.block
                 if rep:
                     times[k].append(dt)
-        # whole training step (forward + backward + step, batch 128) for the two headline arms
-        whole = {k: [] for k in ("SGD(momentum=0.9)", "Langevin(langevin)")}
-        xb = torch.randn(128, 3, 32, 32, generator=gen)
-        yb = torch.randint(0, 10, (128,), generator=gen)
-        models = {}
-        for k in whole:
-            torch.manual_seed(0)
-            models[k] = build_model("cifar10-cnn")
-            opts[k] = (torch.optim.SGD(models[k].parameters(), lr=0.01, momentum=0.9,
-                                       foreach=foreach) if k.startswith("SGD") else
-                       Langevin(models[k].parameters(), lr=0.01, temperature=1 / n_train,
-                                foreach=foreach, seed=0))
-        for rep in range(args.repeats // 3 + 1):
-            for k in whole:
-                t0 = time.perf_counter()
-                for _ in range(10):
-                    opts[k].zero_grad(set_to_none=True)
-                    torch.nn.functional.cross_entropy(models[k](xb), yb).backward()
-                    opts[k].step()
-                if rep:
-                    whole[k].append((time.perf_counter() - t0) / 10)
         ref = np.array(times["SGD(momentum=0.9)"])
         print(f"\nmode: {'foreach' if foreach else 'for-loop'}")
         print(f"{'optimizer':38s} {'median us':>10s} {'ratio':>7s}  95% CI")
@@ -116,12 +106,39 @@ def main() -> None:
             r = np.array(t) / ref
             lo, hi = bootstrap_ci(r, np.median)
             print(f"{k:38s} {1e6 * np.median(t):10.1f} {np.median(r):7.2f}  [{lo:.2f}, {hi:.2f}]")
-        r = np.array(whole["Langevin(langevin)"]) / np.array(whole["SGD(momentum=0.9)"])
-        lo, hi = bootstrap_ci(r, np.median)
-        print(f"whole training step (fwd+bwd+step, batch 128): SGD(momentum=0.9) "
-              f"{1e3 * np.median(whole['SGD(momentum=0.9)']):.2f} ms, Langevin(langevin) "
-              f"{1e3 * np.median(whole['Langevin(langevin)']):.2f} ms, ratio {np.median(r):.3f} "
-              f"[{lo:.3f}, {hi:.3f}]")
+        if args.model == "cifar10-cnn":
+            whole_step(args, foreach, gen, n_train)
+
+
+def whole_step(args, foreach: bool, gen: torch.Generator, n_train: int) -> None:
+    """Whole training step (forward + backward + step, batch 128) for the two headline arms."""
+    opts = {}
+    whole = {k: [] for k in ("SGD(momentum=0.9)", "Langevin(langevin)")}
+    xb = torch.randn(128, 3, 32, 32, generator=gen)
+    yb = torch.randint(0, 10, (128,), generator=gen)
+    models = {}
+    for k in whole:
+        torch.manual_seed(0)
+        models[k] = build_model("cifar10-cnn")
+        opts[k] = (torch.optim.SGD(models[k].parameters(), lr=0.01, momentum=0.9,
+                                   foreach=foreach) if k.startswith("SGD") else
+                   Langevin(models[k].parameters(), lr=0.01, temperature=1 / n_train,
+                            foreach=foreach, seed=0))
+    for rep in range(args.repeats // 3 + 1):
+        for k in whole:
+            t0 = time.perf_counter()
+            for _ in range(10):
+                opts[k].zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(models[k](xb), yb).backward()
+                opts[k].step()
+            if rep:
+                whole[k].append((time.perf_counter() - t0) / 10)
+    r = np.array(whole["Langevin(langevin)"]) / np.array(whole["SGD(momentum=0.9)"])
+    lo, hi = bootstrap_ci(r, np.median)
+    print(f"whole training step (fwd+bwd+step, batch 128): SGD(momentum=0.9) "
+          f"{1e3 * np.median(whole['SGD(momentum=0.9)']):.2f} ms, Langevin(langevin) "
+          f"{1e3 * np.median(whole['Langevin(langevin)']):.2f} ms, ratio {np.median(r):.3f} "
+          f"[{lo:.3f}, {hi:.3f}]")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@
  * Being counter-based, any element range of the stream can be produced on its own: the
  * optimizer adds std * xi[start:start+n] straight into a parameter without a noise buffer.
  * ln, sin and cos are evaluated with our own float32 polynomials, and every choice is made
- * with arithmetic or bit operations instead of branches, so that the loop vectorizes on any
- * SIMD width (a data-dependent branch costs ~10x here) and every build (scalar, AVX2, AVX-512) gives the same bits as the NumPy reference
- * in normal.py (built with -ffp-contract=off: no fused multiply-add).
+ * with arithmetic or bit operations instead of branches (a data-dependent branch made the loop
+ * ~10x slower), so that the loop vectorizes on any SIMD width and every build (scalar, AVX2,
+ * AVX-512) gives the same bits as the NumPy definition in normal.py (compiled with
+ * -ffp-contract=off: no fused multiply-add).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,9 +38,9 @@ static inline uint32_t bits_from_f32(float f) { uint32_t b; memcpy(&b, &f, 4); r
 static inline float log_unit(float u) {
     uint32_t b = bits_from_f32(u);
     int32_t e = (int32_t)(b >> 23) - 127;
-    float m = f32_from_bits((b & 0x007fffffu) | 0x3f800000u);   /* [1, 2) */
-    int32_t big = m > 1.41421356f;                 /* 0 or 1; no branches (see header) */
-    m = m * (1.0f - 0.5f * (float)big);            /* exact: m or m / 2 */
+    uint32_t mb = (b & 0x007fffffu) | 0x3f800000u;               /* m in [1, 2) */
+    int32_t big = mb > 0x3fb504f3u;       /* m > sqrt(2) (float order = bit order here) */
+    float m = f32_from_bits(mb - ((uint32_t)big << 23));       /* exact: m or m / 2 */
     e = e + big;
     float f = m - 1.0f;
     float s = f / (2.0f + f);
@@ -52,8 +53,9 @@ static inline float log_unit(float u) {
 
 /* One Box-Muller pair from one 64-bit word. */
 static inline void normal_pair(uint64_t z, float *c_out, float *s_out) {
-    int32_t a = (int32_t)(z >> 40);                      /* 24 bits */
-    int32_t b = (int32_t)((z >> 8) & 0xffffffu);         /* 24 bits */
+    uint32_t hi = (uint32_t)(z >> 32), lo = (uint32_t)z;
+    int32_t a = (int32_t)(hi >> 8);                      /* bits 40..63 of z */
+    int32_t b = (int32_t)(lo >> 8);                      /* bits 8..31 of z */
     float u1 = (float)(a + 1) * 5.9604644775390625e-08f; /* 2^-24, exact */
     float lg = log_unit(u1);
     float r = __builtin_sqrtf(-2.0f * lg);               /* lg <= 0 for u1 <= 1 */
@@ -77,15 +79,18 @@ static inline void normal_pair(uint64_t z, float *c_out, float *s_out) {
     *s_out = r * f32_from_bits(s1 ^ flip);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* gcc on x86-64: one clone per ISA level, picked at load time (DIFFLAB_NO_CLONES: one build for
+ * the -march given, used by benchmarks/normal_kernel_isa.py) */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(DIFFLAB_NO_CLONES)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CLONES
 #endif
 
-/* The standard-normal value at element e of the stream with key `key`: pair e / 2, cos half for
- * even e, sin half for odd e. */
-static inline uint64_t pair_word(uint64_t key, uint64_t pair) { return mix64(key + (pair + 1) * GAMMA); }
+/* The 64-bit word of pair `pair` (elements 2 pair and 2 pair + 1) of the stream with key `key`. */
+static inline uint64_t pair_word(uint64_t key, uint64_t pair) {
+    return mix64(key + (pair + 1) * GAMMA);
+}
 
 /* out[i] = xi[start + i] (accumulate == 0) or out[i] += std * xi[start + i], i < n. */
 CLONES

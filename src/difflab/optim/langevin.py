@@ -11,11 +11,16 @@ momentum, annealed gradient noise and the pSGLD preconditioner, in ``torch.optim
 | ``G``            | G = 1 / (lambda + sqrt(V))     | pSGLD diagonal preconditioner (``eps`` is lambda)    |
 | ``gamma``        | gamma (Neelakantan et al. 2015) | decay exponent of the annealed gradient-noise variance |
 
-Noise is drawn once per group and step as ONE standard-normal vector over all parameters of the
-group that have a gradient, in group order (``flat.normal_(generator)`` then split into views).
-Both implementations (plain loop and ``torch._foreach_*``) consume exactly these draws, so they
-agree bit for bit; with an effective temperature of 0 nothing is drawn and the update is
-``torch.optim.SGD``'s, operation for operation.
+Noise is ONE standard-normal vector per group and step over all parameters of the group that
+have a gradient, in group order: the next ``sum(numel)`` elements of the optimizer's own
+counter-based ``NormalStream`` (``normal.py``; by default), or one ``flat.normal_(generator)``
+split into views when a ``torch.Generator`` is passed. The stream lets a compiled kernel add
+``std * xi`` straight into each parameter (or momentum buffer), which is what keeps ``step()``
+close to the cost of ``torch.optim.SGD(momentum=0.9)``; torch's MT19937 ``normal_`` alone costs
+about 2x such a step on a small CNN (BENCHMARKS.md). Both implementations (plain loop and
+``torch._foreach_*``) consume exactly the same elements, so they agree bit for bit; with an
+effective temperature of 0 nothing is drawn and the update is ``torch.optim.SGD``'s, operation
+for operation.
 """
 from __future__ import annotations
 
@@ -94,8 +99,9 @@ class Langevin(Optimizer):
     Temperature schedule per group: ``temperature_schedule`` in ``constant | linear | cosine``
     goes from ``temperature`` to ``temperature_end`` over ``schedule_steps`` steps.
 
-    Noise comes from the optimizer's own ``torch.Generator`` (``generator`` or a new one seeded
-    with ``seed``), never from the global RNG; its state is part of ``state_dict()``.
+    Noise comes from the optimizer's own generator, never from the global RNG: a
+    ``NormalStream`` seeded with ``seed`` (random if None), or the ``torch.Generator`` passed
+    as ``generator`` (any device; slower on CPU). Its state is part of ``state_dict()``.
     ``foreach=None`` selects the ``torch._foreach_*`` path; ``foreach=False`` the plain loop.
     With an effective temperature of 0 the result equals ``torch.optim.SGD`` with the same
     ``lr, momentum, dampening, nesterov, weight_decay`` bit for bit.
@@ -198,12 +204,16 @@ class Langevin(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for index, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
+            params, grads = [], []
+            for p in group["params"]:
+                if p.grad is not None:
+                    params.append(p)
+                    grads.append(p.grad)
             t = group["step"]
             group["step"] = t + 1
             if not params:
                 continue
-            if any(p.grad.is_sparse for p in params):
+            if any(g.is_sparse for g in grads):
                 raise ValueError("Langevin: sparse gradients are not supported")
             temperature = scheduled_temperature(group, t)
             if group["momentum"] != 0 or group["preconditioner"] is not None:
@@ -219,7 +229,7 @@ class Langevin(Optimizer):
             noise = self._group_noise(index, params) if temperature > 0 else None
             foreach = group["foreach"] is not False
             update = _foreach_update if foreach else _reference_update
-            update(params, states, noise, group, temperature, t)
+            update(params, grads, states, noise, group, temperature, t)
         return loss
 
 
@@ -229,7 +239,8 @@ class _GroupNoise:
     kernel without a buffer) or a flat ``torch.Generator`` draw (``flat``, start 0)."""
 
     def __init__(self, params, sizes, start, *, stream=None, flat=None):
-        self.params, self.sizes, self.start, self.stream, self.flat = params, sizes, start, stream, flat
+        self.params, self.sizes, self.start = params, sizes, start
+        self.stream, self.flat = stream, flat
         self._starts = self._unit = None
 
     @property
@@ -244,8 +255,9 @@ class _GroupNoise:
         """xi as tensors shaped like the parameters."""
         if self._unit is None:
             if self.flat is None:
-                self._unit = [self.stream.fill_(torch.empty_like(p, memory_format=torch.contiguous_format), s)
-                              for p, s in zip(self.params, self.starts)]
+                self._unit = [
+                    self.stream.fill_(torch.empty_like(p, memory_format=torch.contiguous_format), s)
+                    for p, s in zip(self.params, self.starts)]
             else:
                 self._unit = [self.flat[s:s + p.numel()].view_as(p)
                               for p, s in zip(self.params, self.starts)]
@@ -282,18 +294,17 @@ def _noise_scales(group: dict, temperature: float, t: int) -> tuple[float, float
     return 0.0, 0.0, math.sqrt(2.0 * lr * temperature)
 
 
-def _reference_update(params, states, noise, group, temperature, t) -> None:
+def _reference_update(params, grads, states, noise, group, temperature, t) -> None:
     """Plain per-parameter loop (the readable definition)."""
     lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
     dampening, nesterov = group["dampening"], group["nesterov"]
     grad_std, buf_std, param_std = _noise_scales(group, temperature, t)
     precondition = group["preconditioner"] == "rmsprop"
-    for i, (p, state) in enumerate(zip(params, states)):
-        g = p.grad
+    for i, (p, g, state) in enumerate(zip(params, grads, states)):
         if wd != 0:
             g = g.add(p, alpha=wd)
         if grad_std != 0:
-            g = g.clone() if g is p.grad else g
+            g = g.clone() if wd == 0 else g
             noise.add_(i, g, grad_std)
         scaled_xi = None                                 # sqrt(G) * xi when preconditioned
         if precondition:
@@ -317,19 +328,17 @@ def _reference_update(params, states, noise, group, temperature, t) -> None:
                     buf.add_(scaled_xi, alpha=buf_std)
             g = g.add(buf, alpha=mu) if nesterov else buf
         p.add_(g, alpha=-lr)
-        if param_std != 0:
-            if scaled_xi is None:
-                noise.add_(i, p, param_std)
-            else:
-                p.add_(scaled_xi, alpha=param_std)
+        if param_std != 0 and scaled_xi is not None:
+            p.add_(scaled_xi, alpha=param_std)
+    if param_std != 0 and not (precondition and group["noise"] == "langevin"):
+        noise.add_all_(params, param_std)   # theta += std * xi_i for every i, in one call
 
 
-def _foreach_update(params, states, noise, group, temperature, t) -> None:
+def _foreach_update(params, grads, states, noise, group, temperature, t) -> None:
     """The same update with ``torch._foreach_*`` kernels (one call per operation and group)."""
     lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
     dampening, nesterov = group["dampening"], group["nesterov"]
     grad_std, buf_std, param_std = _noise_scales(group, temperature, t)
-    grads = [p.grad for p in params]
     if wd != 0:
         grads = torch._foreach_add(grads, params, alpha=wd)
     if grad_std != 0:

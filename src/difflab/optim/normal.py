@@ -49,10 +49,10 @@ def _log_unit(u: np.ndarray) -> np.ndarray:
     """ln u for float32 u in (0, 1], the kernel's polynomial (2 atanh series), op for op."""
     bits = u.view(np.uint32)
     e = (bits >> np.uint32(23)).astype(np.int32) - 127
-    m = ((bits & np.uint32(0x007FFFFF)) | np.uint32(0x3F800000)).view(np.float32)
-    big = (m > F(1.41421356)).astype(np.int32)
-    m = m * (F(1.0) - F(0.5) * big.astype(np.float32))
-    e = e + big
+    mb = (bits & np.uint32(0x007FFFFF)) | np.uint32(0x3F800000)       # m in [1, 2)
+    big = (mb > np.uint32(0x3FB504F3)).astype(np.uint32)                 # m > sqrt(2)
+    m = (mb - (big << np.uint32(23))).view(np.float32)                  # m or m / 2, exact
+    e = e + big.astype(np.int32)
     f = m - F(1.0)
     s = f / (F(2.0) + f)
     s2 = s * s
@@ -69,8 +69,8 @@ def reference_normal(seed: int, start: int, n: int) -> np.ndarray:
         key = _mix64(np.array([seed & MASK64], np.uint64))[0]
         pairs = np.arange(start // 2, (start + n - 1) // 2 + 1, dtype=np.uint64)
         z = _mix64(key + (pairs + np.uint64(1)) * GAMMA)
-    a = (z >> np.uint64(40)).astype(np.int32)
-    b = ((z >> np.uint64(8)) & np.uint64(0xFFFFFF)).astype(np.int32)
+    a = (z >> np.uint64(40)).astype(np.int32)                            # bits 40..63
+    b = ((z >> np.uint64(8)) & np.uint64(0xFFFFFF)).astype(np.int32)     # bits 8..31
     u1 = (a + 1).astype(np.float32) * F(5.9604644775390625e-08)          # (0, 1]
     r = np.sqrt(F(-2.0) * _log_unit(u1))
     q = (b + (1 << 21)) >> 22                                            # angle = q pi/2 + t
@@ -139,11 +139,16 @@ class NormalStream:
         product is rounded, then the sum, as ``t.add_(xi.mul(std))`` does). ``sizes``: the
         tensors' numel, if the caller has them."""
         sizes = [t.numel() for t in tensors] if sizes is None else sizes
-        if _kernel_ok(tensors):
-            _kernel.apply([t.data_ptr() for t in tensors], sizes, self.seed, start, float(std),
-                          True)
-            torch.autograd.graph.increment_version(tensors)
-            return
+        if _kernel is not None:
+            addresses = []
+            for t in tensors:
+                if not (t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()):
+                    break
+                addresses.append(t.data_ptr())
+            else:
+                _kernel.apply(addresses, sizes, self.seed, start, float(std), True)
+                torch.autograd.graph.increment_version(tensors)
+                return
         for t, n in zip(tensors, sizes):
             xi = self._unit(start, n).view(t.shape).to(device=t.device, dtype=t.dtype)
             t.add_(xi.mul_(std))
