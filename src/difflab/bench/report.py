@@ -9,26 +9,12 @@ import numpy as np
 from difflab.bench.analysis import ACC_MARGIN, REL_MARGIN, TARGET_FRACTION, verdict_rows
 from difflab.bench.executors import read_records
 from difflab.bench.plan import final_val_acc
-from difflab.bench.stats import ALPHA
 
 QUESTION_TEXT = {"accuracy": "final test accuracy (points)",
                  "speed": "epochs to target (% of baseline)",
                  "stability": "last-epoch loss std (% of baseline)",
                  "overfitting": "train-minus-test gap (points)",
                  "overhead": "step() time vs SGD (%)"}
-
-
-def _attainable_p_note(result: dict) -> str:
-    """How small p can get with this many seeds, against what Holm needs for the first row."""
-    tested = [r["n"] for r in result["rows"] if r["n"]]
-    if not tested:
-        return "- No paired rows to test."
-    n, m = min(tested), len(tested)
-    p_min = min(1.0, 2 / 2 ** n)
-    reachable = "can" if p_min <= ALPHA / m else "cannot"
-    return (f"- With {n} paired seeds the smallest attainable p is {p_min:.4f}; Holm over "
-            f"{m} tests needs p <= {ALPHA / m:.4f} for its first rejection, so this run "
-            f"{reachable} call a difference significant.")
 
 
 def _fmt(v, nd=2) -> str:
@@ -183,7 +169,6 @@ def write_report(results: str | Path, out: str | Path) -> Path:
         f"- Declared equivalence margins: +-{ACC_MARGIN} accuracy points, +-{REL_MARGIN:g}% for "
         "epochs-to-target, oscillation and step time. CIs: 95% paired bootstrap over seeds; "
         "p: exact paired sign-flip permutation test, Holm-corrected over the whole table.",
-        _attainable_p_note(result),
         "- Temperatures are given as D x N (N = train size; D = 1/N is the posterior "
         "temperature of the mean loss). tutorial: noise std per step; annealed: eta.", "",
         "## Verdicts", "",
