@@ -254,13 +254,12 @@ class _GroupNoise:
     def unit(self) -> list[torch.Tensor]:
         """xi as tensors shaped like the parameters."""
         if self._unit is None:
-            if self.flat is None:
-                self._unit = [
-                    self.stream.fill_(torch.empty_like(p, memory_format=torch.contiguous_format), s)
-                    for p, s in zip(self.params, self.starts)]
-            else:
-                self._unit = [self.flat[s:s + p.numel()].view_as(p)
-                              for p, s in zip(self.params, self.starts)]
+            flat, base = self.flat, 0
+            if flat is None:                  # one kernel call for the group, then views
+                flat = self.stream.fill_(torch.empty(sum(self.sizes)), self.start)
+                base = self.start
+            self._unit = [flat[s - base:s - base + p.numel()].view_as(p).to(p)
+                          for p, s in zip(self.params, self.starts)]
         return self._unit
 
     def add_(self, i: int, t: torch.Tensor, std: float) -> None:
