@@ -1,5 +1,6 @@
 """The Langevin noise kernel (src/difflab/optim/_normal.c) built for three x86-64 levels, timed
-against torch's ``normal_`` on 62,006 floats (the CIFAR-10 CNN's parameter count).
+against torch's ``normal_`` and the NumPy definition (what runs without a C compiler) on 62,006
+floats (the CIFAR-10 CNN's parameter count).
 
 The installed kernel picks the best of its clones at load time (x86-64-v4 = AVX-512, v3 = AVX2,
 baseline = SSE2); this script compiles each level on its own with the same flags as setup.py,
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from difflab.optim.normal import reference_normal
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "difflab" / "optim" / "_normal.c"
 LEVELS = {"x86-64 (SSE2)": "-march=x86-64", "x86-64-v3 (AVX2)": "-march=x86-64-v3",
@@ -61,6 +64,7 @@ def main() -> None:
         calls = {label: (lambda k=k: k.apply(address, sizes, 1, 0, 0.0, False))
                  for label, k in kernels.items()}
         calls["torch normal_ (MT19937)"] = lambda: buf.normal_(generator=gen)
+        calls["NumPy definition (no compiler)"] = lambda: reference_normal(1, 0, n)
         times = {label: [] for label in calls}
         for r in range(args.rounds + 1):
             for label, call in calls.items():
