@@ -299,6 +299,8 @@ def _reference_update(params, grads, states, noise, group, temperature, t) -> No
     dampening, nesterov = group["dampening"], group["nesterov"]
     grad_std, buf_std, param_std = _noise_scales(group, temperature, t)
     precondition = group["preconditioner"] == "rmsprop"
+    # pSGLD scales the Langevin noise by sqrt(G): that noise needs the unit tensors
+    scale_noise = precondition and noise is not None and group["noise"] == "langevin"
     for i, (p, g, state) in enumerate(zip(params, grads, states)):
         if wd != 0:
             g = g.add(p, alpha=wd)
@@ -311,7 +313,7 @@ def _reference_update(params, grads, states, noise, group, temperature, t) -> No
             v.mul_(group["alpha"]).addcmul_(g, g, value=1 - group["alpha"])
             denom = v.sqrt().add_(group["eps"])          # 1 / G
             g = g.div(denom)
-            if noise is not None and group["noise"] == "langevin":
+            if scale_noise:
                 scaled_xi = noise.unit()[i].div(denom.sqrt())
         if mu != 0:
             buf = state["momentum_buffer"]
@@ -329,7 +331,7 @@ def _reference_update(params, grads, states, noise, group, temperature, t) -> No
         p.add_(g, alpha=-lr)
         if param_std != 0 and scaled_xi is not None:
             p.add_(scaled_xi, alpha=param_std)
-    if param_std != 0 and not (precondition and group["noise"] == "langevin"):
+    if param_std != 0 and not scale_noise:
         noise.add_all_(params, param_std)   # theta += std * xi_i for every i, in one call
 
 

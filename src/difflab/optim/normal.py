@@ -92,10 +92,9 @@ def reference_normal(seed: int, start: int, n: int) -> np.ndarray:
     return xi[offset:offset + n]
 
 
-def _kernel_ok(tensors: list[torch.Tensor]) -> bool:
-    return _kernel is not None and all(
-        t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()
-        for t in tensors)
+def _kernel_ok(t: torch.Tensor) -> bool:
+    """Whether the kernel can write t in place: a contiguous float32 CPU tensor."""
+    return _kernel is not None and t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()
 
 
 class NormalStream:
@@ -126,7 +125,7 @@ class NormalStream:
 
     def fill_(self, out: torch.Tensor, start: int) -> torch.Tensor:
         """``out = xi[start:start + out.numel()]`` (shaped like out)."""
-        if _kernel_ok((out,)):
+        if _kernel_ok(out):
             _kernel.apply((out.data_ptr(),), (out.numel(),), self.seed, start, 0.0, False)
             torch.autograd.graph.increment_version(out)
         else:
@@ -142,7 +141,7 @@ class NormalStream:
         if _kernel is not None:
             addresses = []
             for t in tensors:
-                if not (t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()):
+                if not _kernel_ok(t):
                     break
                 addresses.append(t.data_ptr())
             else:
