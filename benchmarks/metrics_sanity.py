@@ -18,8 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from difflab import metrics
-from difflab.evaluate import difflab_extractor, load_split, reference_features
+from difflab.evaluation import metrics
+from difflab.evaluation.evaluate import difflab_extractor, load_split, reference_features
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:

@@ -70,8 +70,8 @@ def sample_diffusers(model, n: int, seed: int, steps: int = 50) -> torch.Tensor:
 def main() -> None:
     from difflab.config import TrainConfig, update
     from difflab.data import load_dataset
-    from difflab.evaluate import evaluate_images
-    from difflab.train import draw_samples, finish_run, train
+    from difflab.evaluation.evaluate import evaluate_images
+    from difflab.training.train import draw_samples, finish_run, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=None, help="training budget of each side")
@@ -97,14 +97,14 @@ def main() -> None:
     if args.diffusers_only:
         from pathlib import Path
 
-        from difflab.report import save_grid, save_npz
+        from difflab.evaluation.report import save_grid, save_npz
 
         save_grid(diffusers_samples[:64], Path(args.out) / "diffusers-samples.png")
         print(f"samples: {save_npz(diffusers_samples, Path(args.out) / 'diffusers-samples.npz')}")
         return
 
     if args.difflab_run:
-        from difflab.checkpoint import load_denoiser, read_checkpoint
+        from difflab.training.checkpoint import load_denoiser, read_checkpoint
 
         run_dir = args.difflab_run
         info = read_checkpoint(run_dir)[0]
@@ -118,7 +118,7 @@ def main() -> None:
                                 "final_samples": 0}})
         run_dir = train(config)
         finish_run(run_dir, 0)
-        from difflab.checkpoint import load_denoiser, read_checkpoint
+        from difflab.training.checkpoint import load_denoiser, read_checkpoint
 
         denoiser, config = load_denoiser(run_dir)
         info = read_checkpoint(run_dir)[0]

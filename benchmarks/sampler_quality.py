@@ -2,7 +2,7 @@
 schedulers, driven by the same exact denoiser in the same process.
 
 Problems: the exact-score Gaussian mixtures ``mixture-2d`` and ``mixture-64d`` of
-``difflab.toy``. Both sides use DDPM's linear beta schedule with T = 1000 (betas 1e-4..0.02):
+``difflab.diffusion.mixtures``. Both sides use DDPM's linear beta schedule with T = 1000 (betas 1e-4..0.02):
 diffusers through its ``alphas_cumprod``, difflab through the same alpha_bar and its sigma range
 [sigma(alpha_bar_1), sigma(alpha_bar_T)] = [0.0100, 156.7]. The diffusers model is the exact
 denoiser written as an eps-prediction network on diffusers' timesteps (sigma of a fractional
@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from difflab import samplers, schedules, toy
+from difflab.diffusion import mixtures, samplers, schedules
 
 T_TRAIN = 1000
 NFES = (5, 10, 20, 50)
@@ -52,7 +52,7 @@ def sorted_projections(x: torch.Tensor, directions: torch.Tensor) -> torch.Tenso
     return (directions.T @ x.double().T).sort(dim=1).values
 
 
-def errors(samples: torch.Tensor, reference_projections: torch.Tensor, mix: toy.GaussianMixture,
+def errors(samples: torch.Tensor, reference_projections: torch.Tensor, mix: mixtures.GaussianMixture,
            directions: torch.Tensor) -> dict:
     """sliced W2 (sqrt of the mean over directions of the 1-D W2^2, by sorting equally sized
     samples), relative mean and covariance errors, and total variation of component weights."""
@@ -214,7 +214,7 @@ class Run:
     """One problem, one seed: exact reference and floor sets, shared start noise, projections."""
 
     def __init__(self, problem: str, samples: int, seed: int):
-        self.mix = toy.make_problem(problem)
+        self.mix = mixtures.make_problem(problem)
         self.seed = seed
         g = torch.Generator().manual_seed(seed)
         self.reference = self.mix.sample(samples, g)[0]
@@ -321,8 +321,8 @@ class Chunked:
 def mnist_table(checkpoint: str, samples: int, seed: int, data_dir=None, nfes=(5, 10, 20)) -> dict:
     """FID (difflab MNIST features, vs mnist-test) of a trained checkpoint per sampler and NFE;
     both sides share the start noise and DDPM's linear schedule (T = 1000) as in the mixtures."""
-    from difflab.checkpoint import load_denoiser, read_checkpoint
-    from difflab.evaluate import evaluate_images
+    from difflab.training.checkpoint import load_denoiser, read_checkpoint
+    from difflab.evaluation.evaluate import evaluate_images
 
     denoiser, config = load_denoiser(checkpoint)
     denoiser = Chunked(denoiser.eval())
@@ -368,7 +368,7 @@ def mnist_markdown(table: dict, nfes=(5, 10, 20)) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="*", default=["mixture-2d", "mixture-64d"],
-                        choices=[p for p in toy.PROBLEMS if p.startswith("mixture")])
+                        choices=[p for p in mixtures.PROBLEMS if p.startswith("mixture")])
     parser.add_argument("--select-samples", type=int, default=4000)
     parser.add_argument("--samples", type=int, default=10000, help="samples of the reported run")
     parser.add_argument("--seed", type=int, default=0)

@@ -24,8 +24,8 @@ import time
 import torch
 from torch import nn
 
-from difflab import samplers, schedules
-from difflab.denoiser import Denoiser
+from difflab.diffusion import samplers, schedules
+from difflab.diffusion.denoiser import Denoiser
 
 T_TRAIN = 1000
 

@@ -22,10 +22,10 @@ import torch
 
 def difflab_side(batch: int):
     from difflab.config import TrainConfig
-    from difflab.denoiser import build_denoiser
-    from difflab.ema import EMA
-    from difflab.loss import denoising_loss
-    from difflab.schedules import sample_training_sigma
+    from difflab.diffusion.denoiser import build_denoiser
+    from difflab.training.ema import EMA
+    from difflab.diffusion.loss import denoising_loss
+    from difflab.diffusion.schedules import sample_training_sigma
 
     config = TrainConfig()
     denoiser = build_denoiser(config)

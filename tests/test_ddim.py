@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from difflab.samplers import get_sampler, guided, sample, sample_ddim, sample_ddpm, sample_euler
-from difflab.schedules import karras_sigmas, make_alpha_bar, sigma_grid
+from difflab.diffusion.samplers import get_sampler, guided, sample, sample_ddim, sample_ddpm, sample_euler
+from difflab.diffusion.schedules import karras_sigmas, make_alpha_bar, sigma_grid
 
 MU, S = 0.5, 0.8  # x0 ~ N(MU, S^2 I)
 

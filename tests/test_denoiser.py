@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from difflab.denoiser import Denoiser, preconditioning, q_sample
-from difflab.loss import denoising_loss, loss_weight
+from difflab.diffusion.denoiser import Denoiser, preconditioning, q_sample
+from difflab.diffusion.loss import denoising_loss, loss_weight
 from difflab.nets.unet import UNet, UNetConfig
-from difflab.schedules import make_alpha_bar, sigma_from_alpha_bar
+from difflab.diffusion.schedules import make_alpha_bar, sigma_from_alpha_bar
 
 
 def test_forward_process_moments():

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from difflab import likelihood, schedules, toy
-from difflab.denoiser import Denoiser
+from difflab.diffusion import mixtures, likelihood, schedules
+from difflab.diffusion.denoiser import Denoiser
 from difflab.nets.unet import UNet, UNetConfig
 
 
 def test_gaussian_nll_matches_analytic_within_one_percent():
-    gauss = toy.gaussian(torch.linspace(-0.5, 0.5, 16), torch.linspace(0.05, 0.3, 16))
+    gauss = mixtures.gaussian(torch.linspace(-0.5, 0.5, 16), torch.linspace(0.05, 0.3, 16))
     x, _ = gauss.sample(16, torch.Generator().manual_seed(0))
     bpd = likelihood.nll_bits_per_dim(gauss, x, dequantize_data=False,
                                       generator=torch.Generator().manual_seed(1))
@@ -23,7 +23,7 @@ def test_gaussian_nll_matches_analytic_within_one_percent():
 
 @pytest.mark.parametrize("estimator", likelihood.ESTIMATORS)
 def test_mixture_nll_is_unbiased_within_sampling_error(estimator):
-    mix = toy.make_problem("mixture-2d")
+    mix = mixtures.make_problem("mixture-2d")
     x, _ = mix.sample(1000, torch.Generator().manual_seed(0))
     logp = likelihood.log_likelihood(mix, x, steps=30, estimator=estimator,
                                      generator=torch.Generator().manual_seed(2))
@@ -54,9 +54,9 @@ def test_nll_runs_for_a_trained_network_and_validates_input():
 
 def test_eval_nll_command_on_a_checkpoint(tmp_path, data_dir, capsys):
     from difflab import cli
-    from difflab.checkpoint import save_checkpoint
+    from difflab.training.checkpoint import save_checkpoint
     from difflab.config import TrainConfig, update, validate
-    from difflab.denoiser import build_denoiser
+    from difflab.diffusion.denoiser import build_denoiser
 
     config = validate(update(TrainConfig(), {"unet": {"channels": 8, "groups": 4,
                                                       "attention_head_channels": 8}}))

@@ -8,9 +8,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from difflab import evaluate, metrics
+from difflab.evaluation import evaluate, metrics
 from difflab.data import load_mnist, to_float
-from difflab.metrics import MetricsError
+from difflab.evaluation.metrics import MetricsError
 from difflab.nets import classifier, inception
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from difflab import samplers, schedules, sde, toy
-from difflab.denoiser import Denoiser
+from difflab.diffusion import mixtures, samplers, schedules, sde
+from difflab.diffusion.denoiser import Denoiser
 from difflab.nets.unet import UNet, UNetConfig
 
 DETERMINISTIC = ("euler", "ddim", "heun", "dpmpp-2m", "dpmpp-3m", "unipc")
@@ -37,7 +37,7 @@ def _ode_error(name, problem, x, n, sigma_min, sigma_max, **options):
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_deterministic_sampler_matches_closed_form_ode_per_sample(name):
-    gauss = toy.make_problem("gaussian-64d")
+    gauss = mixtures.make_problem("gaussian-64d")
     x = _start(gauss, 32, 80.0)
     sigmas = schedules.karras_sigmas(1000, 0.002, 80.0)  # ends in 0
     out = samplers.get_sampler(name)(gauss, x.clone(), sigmas)
@@ -52,7 +52,7 @@ def test_deterministic_sampler_matches_closed_form_ode_per_sample(name):
     ("unipc", 3, {"order": 2, "variant": "bh1"})])
 def test_error_shrinks_at_theoretical_order(name, order, options):
     """UniC raises the order of UniP-p by one (Zhao et al. 2023)."""
-    gauss = toy.make_problem("gaussian-2d")
+    gauss = mixtures.make_problem("gaussian-2d")
     x = _start(gauss, 64, 80.0)
     errors = [_ode_error(name, gauss, x, n, 0.05, 80.0, **options) for n in (64, 128, 256)]
     rates = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
@@ -60,7 +60,7 @@ def test_error_shrinks_at_theoretical_order(name, order, options):
 
 
 def test_ddim_eta0_equals_euler_on_the_same_grid():
-    mix = toy.make_problem("mixture-2d")
+    mix = mixtures.make_problem("mixture-2d")
     alpha_bar = schedules.make_alpha_bar("linear", 1000)
     for sigmas in (schedules.sigma_grid("karras", 10, 0.002, 80.0),
                    schedules.sigma_grid("ddpm", 10, 0.002, 80.0, alpha_bar=alpha_bar)):
@@ -72,7 +72,7 @@ def test_ddim_eta0_equals_euler_on_the_same_grid():
 
 def test_unipc_predictor_alone_is_dpm_solver_pp():
     """Without the corrector, UniP-2 (bh2) is DPM-Solver++(2M)."""
-    mix = toy.make_problem("mixture-2d")
+    mix = mixtures.make_problem("mixture-2d")
     sigmas = schedules.karras_sigmas(12, 0.002, 80.0)
     x = _start(mix, 16, 80.0)
     torch.testing.assert_close(samplers.sample_unipc(mix, x.clone(), sigmas, corrector=False),
@@ -80,7 +80,7 @@ def test_unipc_predictor_alone_is_dpm_solver_pp():
 
 
 def test_exact_mixture_denoiser_is_tweedie():
-    mix = toy.make_problem("mixture-64d")
+    mix = mixtures.make_problem("mixture-64d")
     x = _start(mix, 8, 0.7)
     sigma = 0.7
     xg = x.clone().requires_grad_(True)
@@ -95,7 +95,7 @@ def test_exact_mixture_denoiser_is_tweedie():
 @pytest.mark.parametrize("label", list(STOCHASTIC))
 def test_stochastic_sampler_recovers_mixture_moments_and_weights(label):
     name, steps, options = STOCHASTIC[label]
-    mix = toy.GaussianMixture([0.2, 0.3, 0.5], [[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]],
+    mix = mixtures.GaussianMixture([0.2, 0.3, 0.5], [[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]],
                               [[0.1, 0.05], [0.05, 0.2], [0.2, 0.1]])
     n = 4000
     g = torch.Generator().manual_seed(1)
@@ -115,7 +115,7 @@ def test_stochastic_sampler_recovers_mixture_moments_and_weights(label):
 
 
 def test_heun_without_churn_is_deterministic_and_churn_uses_generator():
-    mix = toy.make_problem("mixture-2d")
+    mix = mixtures.make_problem("mixture-2d")
     sigmas = schedules.karras_sigmas(8, 0.002, 80.0)
     x = _start(mix, 32, 80.0)
     a = samplers.sample_heun(mix, x.clone(), sigmas, generator=torch.Generator().manual_seed(0))
@@ -165,7 +165,7 @@ def test_vp_sde_is_the_continuous_limit_of_linear_ddpm():
 def test_bad_names_and_options_give_clear_errors():
     with pytest.raises(ValueError, match="unknown sampler 'nope'.*dpmpp-2m"):
         samplers.get_sampler("nope")
-    mix = toy.make_problem("gaussian-2d")
+    mix = mixtures.make_problem("gaussian-2d")
     sigmas = schedules.karras_sigmas(4, 0.002, 80.0)
     x = _start(mix, 4, 80.0)
     with pytest.raises(ValueError, match="s_churn=-1 must be >= 0"):
@@ -177,4 +177,4 @@ def test_bad_names_and_options_give_clear_errors():
     with pytest.raises(ValueError, match="order=4 must be 1, 2 or 3"):
         samplers.sample_unipc(mix, x, sigmas, order=4)
     with pytest.raises(ValueError, match="unknown toy problem"):
-        toy.make_problem("mixture-3d")
+        mixtures.make_problem("mixture-3d")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from difflab.schedules import (alpha_bar_cosine, alpha_bar_from_sigma, betas_from_alpha_bar,
+from difflab.diffusion.schedules import (alpha_bar_cosine, alpha_bar_from_sigma, betas_from_alpha_bar,
                                karras_sigmas, make_alpha_bar, sample_training_sigma, sigma_from_alpha_bar,
                                sigma_grid)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.checkpoint import CheckpointError, load_denoiser, read_checkpoint, save_checkpoint
+from difflab.training.checkpoint import CheckpointError, load_denoiser, read_checkpoint, save_checkpoint
 from difflab.config import ConfigError, TrainConfig, from_dict, parse_overrides, update, validate
 
 TINY = ["--set", "unet.channels=16", "--set", "unet.channel_mult=[1,2]", "--set", "unet.groups=4",
@@ -68,9 +68,9 @@ def test_config_validation_names_field_and_value():
 
 def test_training_reduces_loss_and_checkpoint_loads(tmp_path):
     from difflab.data import load_dataset
-    from difflab.denoiser import build_denoiser
-    from difflab.loss import denoising_loss
-    from difflab.train import train
+    from difflab.diffusion.denoiser import build_denoiser
+    from difflab.diffusion.loss import denoising_loss
+    from difflab.training.train import train
 
     config = tiny_config(tmp_path / "run", steps=60)
     config.optim.warmup_steps = 5
@@ -94,7 +94,7 @@ def test_training_reduces_loss_and_checkpoint_loads(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path, monkeypatch):
-    import difflab.train as train_module
+    import difflab.training.train as train_module
 
     real_loss, calls = train_module.denoising_loss, [0]
 

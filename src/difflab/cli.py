@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.set_defaults(func=cmd_train)
 
-    from difflab.samplers import SAMPLERS
-    from difflab.schedules import GRIDS
+    from difflab.diffusion.samplers import SAMPLERS
+    from difflab.diffusion.schedules import GRIDS
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint",
                        description="Sample a trained model and write a PNG grid (and .npz).")
@@ -74,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     from difflab.bench import add_bench_parser
     add_bench_parser(sub)
 
-    from difflab.evaluate import add_eval_parser
+    from difflab.evaluation.evaluate import add_eval_parser
     add_eval_parser(sub)
     return parser
 
 
 def cmd_train(args) -> int:
     from difflab.config import TrainConfig, load_file, parse_overrides, update, validate
-    from difflab.train import finish_run, train
+    from difflab.training.train import finish_run, train
 
     config = TrainConfig()
     if args.config:
@@ -110,9 +110,9 @@ def cmd_sample(args) -> int:
 
     import torch
 
-    from difflab.checkpoint import load_denoiser
-    from difflab.report import save_grid, save_npz
-    from difflab.samplers import get_sampler, sample
+    from difflab.training.checkpoint import load_denoiser
+    from difflab.evaluation.report import save_grid, save_npz
+    from difflab.diffusion.samplers import get_sampler, sample
 
     get_sampler(args.sampler)
     for name, value, low in (("--n", args.n, 1), ("--steps", args.steps, 1),

@@ -37,8 +37,8 @@ class DataConfig:
 
 @dataclass
 class DiffusionConfig:
-    parameterization: str = "edm"    # eps | x0 | v | edm (difflab.denoiser)
-    density: str = "lognormal"       # training sigma density (difflab.schedules)
+    parameterization: str = "edm"    # eps | x0 | v | edm (difflab.diffusion.denoiser)
+    density: str = "lognormal"       # training sigma density (difflab.diffusion.schedules)
     schedule: str = "cosine"         # alpha_bar schedule for density = "ddpm" and DDPM grids
     timesteps: int = 1000
     sigma_data: float = 0.5
@@ -184,8 +184,8 @@ def from_dict(values: dict) -> TrainConfig:
 def validate(config: TrainConfig) -> TrainConfig:
     """Check ranges and names; raise ConfigError naming the field and value."""
     from difflab.data import DATASETS
-    from difflab.denoiser import PARAMETERIZATIONS
-    from difflab.schedules import SCHEDULES, TRAINING_DENSITIES
+    from difflab.diffusion.denoiser import PARAMETERIZATIONS
+    from difflab.diffusion.schedules import SCHEDULES, TRAINING_DENSITIES
 
     def check(ok: bool, where: str, value, expected: str):
         if not ok:
@@ -221,7 +221,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     check(r.eval_every >= 0, "run.eval_every", r.eval_every, "must be >= 0 (0 disables)")
     check(r.final_samples >= 0, "run.final_samples", r.final_samples, "must be >= 0")
     check(r.sample_guidance >= 0, "run.sample_guidance", r.sample_guidance, "must be >= 0")
-    from difflab.samplers import SAMPLERS
+    from difflab.diffusion.samplers import SAMPLERS
 
     check(r.sample_sampler in SAMPLERS, "run.sample_sampler", r.sample_sampler,
           f"choose from {', '.join(SAMPLERS)}")

@@ -1,5 +1,5 @@
 """Small classifiers whose penultimate features define difflab's own FID/KID/PR and whose class
-probabilities define its Inception Score (see ``difflab.metrics``).
+probabilities define its Inception Score (see ``difflab.evaluation.metrics``).
 
 Both take images in [-1, 1], ``[N, C, H, W]``, and expose
 

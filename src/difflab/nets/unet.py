@@ -1,6 +1,6 @@
 """U-Net denoiser network (Ho et al. 2020, Appendix B; Dhariwal & Nichol 2021, Sec. 3).
 
-Raw network ``F(x_in, c_noise, cond)``: the Denoiser wrapper (``difflab.denoiser``) supplies the
+Raw network ``F(x_in, c_noise, cond)``: the Denoiser wrapper (``difflab.diffusion.denoiser``) supplies the
 preconditioned input and the noise conditioning. Encoder blocks at each resolution, self-attention
 at the resolutions listed in ``attention_resolutions``, a middle block, and a decoder that
 concatenates the encoder's activations (skip connections). Residual blocks use GroupNorm and

@@ -1,5 +1,5 @@
 """``difflab eval``: score generated images against a reference split with every metric of
-``difflab.metrics``, next to the real-vs-real floor at the same sample count.
+``difflab.evaluation.metrics``, next to the real-vs-real floor at the same sample count.
 
 - Reference features of a split (``mnist-test``, ``cifar10-train``, ...) are computed once and
   cached as ``.npz`` (no pickles) in ``$DIFFLAB_CACHE`` or ``~/.cache/difflab/stats``; the cache
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difflab import metrics
+from difflab.evaluation import metrics
 from difflab.data import load_cifar10, load_image_folder, load_mnist, to_float
-from difflab.metrics import MetricsError
+from difflab.evaluation.metrics import MetricsError
 
 REFERENCES = ("mnist-test", "mnist-train", "cifar10-test", "cifar10-train")
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}  # dataset -> (channels, size)
@@ -179,7 +179,7 @@ def make_training_evaluator(config):
         reference_features(ref, extractor, config.data.data_dir, verbose=True)
 
     def evaluate_model(denoiser) -> dict:
-        from difflab.train import draw_samples
+        from difflab.training.train import draw_samples
 
         images = draw_samples(denoiser, config, config.run.eval_n, seed=EVAL_SEED)
         r = evaluate_images(images, reference, config.data.data_dir, seed=EVAL_SEED, kid_subsets=50)
@@ -248,8 +248,8 @@ def load_samples(path, dataset: str, n: int | None = None, sampler: str | None =
 
 def sample_checkpoint(path: Path, n: int, sampler: str | None, steps: int | None, seed: int) -> torch.Tensor:
     """n samples of the EMA model in a checkpoint, with the run's sampler unless overridden."""
-    from difflab.checkpoint import load_denoiser
-    from difflab.train import draw_samples
+    from difflab.training.checkpoint import load_denoiser
+    from difflab.training.train import draw_samples
 
     denoiser, config = load_denoiser(path)
     if sampler:
@@ -291,7 +291,7 @@ def run_eval(args) -> int:
 
     dataset, split = parse_reference(args.ref)
     if args.nll:
-        from difflab.likelihood import checkpoint_nll
+        from difflab.diffusion.likelihood import checkpoint_nll
 
         if args.samples is None:
             raise MetricsError("--nll needs a checkpoint (run directory or checkpoint.json)")

@@ -16,7 +16,7 @@ corrector, and annealed Langevin dynamics (Song & Ermon 2019).
 Every SDE is a time reparameterization of the same VE family x = s(t) (x0 + sigma(t) n) (Karras
 et al. 2022, eq. 6), so any ``Denoiser`` D(x, sigma, cond) provides its score in every SDE: the
 reverse process is the same in sigma, only the discretization (and thus the sampler) differs.
-Samplers here take the common signature of ``difflab.samplers``; a step to sigma = 0 is the
+Samplers here take the common signature of ``difflab.diffusion.samplers``; a step to sigma = 0 is the
 noise-free Tweedie step x = D(x; sigma), as the authors' code does with its final "noise
 removal" step.
 """

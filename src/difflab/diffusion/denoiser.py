@@ -109,13 +109,13 @@ class Denoiser(nn.Module):
 def build_denoiser(config) -> Denoiser:
     """The U-Net Denoiser a ``TrainConfig`` describes (channels and classes taken from its data)."""
     from difflab.nets.unet import UNet
-    from difflab.schedules import make_alpha_bar
+    from difflab.diffusion.schedules import make_alpha_bar
 
     d = config.diffusion
     alpha_bar = make_alpha_bar(d.schedule, d.timesteps) if d.density == "ddpm" else None
     sigma_min, sigma_max = d.sigma_min, d.sigma_max
     if alpha_bar is not None:  # a DDPM model samples only the levels it was trained on
-        from difflab.schedules import sigma_from_alpha_bar
+        from difflab.diffusion.schedules import sigma_from_alpha_bar
 
         sigmas = sigma_from_alpha_bar(alpha_bar)
         sigma_min, sigma_max = float(sigmas[0]), float(sigmas[-1])

@@ -123,7 +123,7 @@ def checkpoint_nll(path, images: torch.Tensor, n: int = 128, steps: int = 50, se
                    batch_size: int = 64) -> dict:
     """``difflab eval CHECKPOINT --ref SPLIT --nll``: bits/dim of the checkpoint's EMA model on the
     first ``n`` images of a split (8-bit data in [-1, 1], dequantized as in the module docstring)."""
-    from difflab.checkpoint import load_denoiser
+    from difflab.training.checkpoint import load_denoiser
 
     if n < 1 or steps < 1:
         raise ValueError(f"--nll-n and --nll-steps must be at least 1, got {n} and {steps}")

@@ -4,9 +4,9 @@ Every sampler has one signature::
 
     sample_X(denoiser, x, sigmas, cond=None, generator=None, callback=None, **options) -> x0
 
-``denoiser(x, sigma, cond) -> x0_hat`` is the VE-form contract of ``difflab.denoiser``; ``x`` is
+``denoiser(x, sigma, cond) -> x0_hat`` is the VE-form contract of ``difflab.diffusion.denoiser``; ``x`` is
 the starting noise already scaled by ``sigmas[0]``; ``sigmas`` is a 1-D tensor ending in 0 (see
-``difflab.schedules.sigma_grid``); ``callback(i, sigma, x, x0_hat)`` is called once per step.
+``difflab.diffusion.schedules.sigma_grid``); ``callback(i, sigma, x, x0_hat)`` is called once per step.
 
 | code        | paper symbol       | meaning                                          |
 |-------------|--------------------|--------------------------------------------------|
@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from difflab.denoiser import append_dims
-from difflab.sde import sample_ald, sample_euler_maruyama, sample_pc
+from difflab.diffusion.denoiser import append_dims
+from difflab.diffusion.sde import sample_ald, sample_euler_maruyama, sample_pc
 
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -313,7 +313,7 @@ def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid: str | 
            guidance_scale: float = 1.0, callback=None, **options) -> torch.Tensor:
     """Draw samples of ``shape`` from a Denoiser: build the sigma grid (the trained DDPM grid
     for DDPM-trained models, else Karras), scale the start noise and run the named sampler."""
-    from difflab.schedules import sigma_grid
+    from difflab.diffusion.schedules import sigma_grid
 
     fn = get_sampler(sampler)
     if steps < 1:

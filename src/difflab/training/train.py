@@ -17,17 +17,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from difflab.checkpoint import (INDEX, load_optimizer, optimizer_tensors, read_checkpoint,
+from difflab.training.checkpoint import (INDEX, load_optimizer, optimizer_tensors, read_checkpoint,
                                 save_checkpoint, sub_state)
 from difflab.config import TrainConfig, validate
 from difflab.data import load_dataset
-from difflab.denoiser import build_denoiser
-from difflab.ema import EMA
-from difflab.evaluate import make_training_evaluator
-from difflab.loss import denoising_loss
-from difflab.report import save_grid
-from difflab.samplers import sample
-from difflab.schedules import make_alpha_bar, sample_training_sigma
+from difflab.diffusion.denoiser import build_denoiser
+from difflab.training.ema import EMA
+from difflab.evaluation.evaluate import make_training_evaluator
+from difflab.diffusion.loss import denoising_loss
+from difflab.evaluation.report import save_grid
+from difflab.diffusion.samplers import sample
+from difflab.diffusion.schedules import make_alpha_bar, sample_training_sigma
 
 GRID_SEED = 1234
 
@@ -204,9 +204,9 @@ def finish_run(run_dir: str | Path, n: int | None = None, **sampling) -> Path:
     """Sample the trained EMA model, save a 64-image grid and all samples (.npz), write report.md.
     ``sampling`` overrides run fields such as ``sample_sampler=``, ``sample_steps=``,
     ``sample_guidance=`` for this call."""
-    from difflab.checkpoint import load_denoiser
+    from difflab.training.checkpoint import load_denoiser
     from difflab.config import update, validate
-    from difflab.report import save_npz, write_report
+    from difflab.evaluation.report import save_npz, write_report
 
     run_dir = Path(run_dir)
     denoiser, config = load_denoiser(run_dir)
@@ -234,7 +234,7 @@ def finish_run(run_dir: str | Path, n: int | None = None, **sampling) -> Path:
 def score_samples(images: torch.Tensor, config: TrainConfig) -> dict | None:
     """FID/KID/IS/precision/recall of final samples against the test split, with difflab's own
     feature network (only MNIST and CIFAR-10 at their native size have one)."""
-    from difflab.evaluate import SHAPES, difflab_extractor, evaluate_images
+    from difflab.evaluation.evaluate import SHAPES, difflab_extractor, evaluate_images
 
     dataset = config.data.dataset
     if dataset not in SHAPES or config.data.image_size not in (None, SHAPES[dataset][1]) \

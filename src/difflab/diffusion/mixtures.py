@@ -19,10 +19,10 @@ For one component (K = 1) the probability-flow ODE dx/dsigma = (x - D(x; sigma))
 (Karras et al. 2022, eq. 3) is linear per dimension with solution
 ``x(sigma) - mu = sqrt((Sigma + sigma^2) / (Sigma + sigma_0^2)) (x(sigma_0) - mu)``.
 
-A mixture object *is* a denoiser under the contract of ``difflab.denoiser``: ``mix(x, sigma,
+A mixture object *is* a denoiser under the contract of ``difflab.diffusion.denoiser``: ``mix(x, sigma,
 cond=None) -> x0_hat`` with x of shape [B, d] (or [B, ...] flattening to d) and sigma a float or a
 tensor [B]. It also carries ``sigma_min``, ``sigma_max`` and ``alpha_bar = None`` so that
-``difflab.samplers.sample`` can build a grid for it.
+``difflab.diffusion.samplers.sample`` can build a grid for it.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from difflab.denoiser import Denoiser, append_dims
+from difflab.diffusion.denoiser import Denoiser, append_dims
 
 
 def loss_weight(denoiser: Denoiser, sigma: torch.Tensor, weighting: str = "uniform",

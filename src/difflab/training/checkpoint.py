@@ -116,7 +116,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
 def load_denoiser(path: str | Path, ema: bool = True):
     """(Denoiser in eval mode, TrainConfig) from a checkpoint; EMA weights unless ``ema=False``."""
     from difflab.config import from_dict
-    from difflab.denoiser import build_denoiser
+    from difflab.diffusion.denoiser import build_denoiser
 
     info, tensors = read_checkpoint(path)
     config = from_dict(info["config"])

@@ -1,0 +1,1 @@
+"""Scoring generated images: metrics, feature networks, `difflab eval`, run reports."""

@@ -1,0 +1,1 @@
+"""Training a denoiser: the loop, EMA and checkpoints."""
