@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from difflab.diffusion.samplers import get_sampler, guided, sample, sample_ddim, sample_ddpm, sample_euler
+from difflab.diffusion.generation import get_sampler, sample
+from difflab.diffusion.guidance import guided
+from difflab.diffusion.samplers import sample_ddim, sample_ddpm, sample_euler
 from difflab.diffusion.schedules import karras_sigmas, make_alpha_bar, sigma_grid
 
 MU, S = 0.5, 0.8  # x0 ~ N(MU, S^2 I)

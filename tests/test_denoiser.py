@@ -4,6 +4,7 @@ import torch
 
 from difflab.diffusion.denoiser import Denoiser, preconditioning, q_sample
 from difflab.diffusion.loss import denoising_loss, loss_weight
+from difflab.data.shape import DataShape
 from difflab.nets.unet import UNet, UNetConfig
 from difflab.diffusion.schedules import make_alpha_bar, sigma_from_alpha_bar
 
@@ -61,7 +62,8 @@ def test_parameterizations_agree_on_the_exact_target(parameterization):
 def test_uniform_weighting_is_mse_on_the_networks_target(parameterization):
     """lambda(sigma) ||D - x0||^2 = ||F - F_target||^2 for the natural weight."""
     torch.manual_seed(0)
-    net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), image_size=8, attention_resolutions=(), groups=4))
+    net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(), groups=4),
+               DataShape(1, (8, 8)))
     D = Denoiser(net, parameterization)
     x0, noise, sigma = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.tensor([0.1, 0.5, 2.0, 10.0])
     x = x0 + sigma[:, None, None, None] * noise
@@ -82,10 +84,10 @@ def test_min_snr_weight_caps_at_gamma():
 
 
 def test_unet_shapes_and_classes():
-    net = UNet(UNetConfig(channels=16, image_size=28, num_classes=10))
+    net = UNet(UNetConfig(channels=16), DataShape(1, (28, 28), 10))
     out = net(torch.randn(3, 1, 28, 28), torch.zeros(3), torch.tensor([0, 9, -1]))
     assert out.shape == (3, 1, 28, 28)
     with pytest.raises(ValueError, match="cannot be halved"):
-        UNetConfig(image_size=14, channel_mult=(1, 2, 2, 2)).validate()
+        UNetConfig(channel_mult=(1, 2, 2, 2)).validate(DataShape(1, (14, 14)))
     with pytest.raises(ValueError, match="unknown parameterization 'score'"):
         Denoiser(net, "score")

@@ -7,6 +7,7 @@ import torch
 
 from difflab.diffusion import mixtures, likelihood, schedules
 from difflab.diffusion.denoiser import Denoiser
+from difflab.data.shape import DataShape
 from difflab.nets.unet import UNet, UNetConfig
 
 
@@ -40,8 +41,8 @@ def test_dequantization_stays_in_the_pixel_bin():
 
 
 def test_nll_runs_for_a_trained_network_and_validates_input():
-    net = UNet(UNetConfig(in_channels=1, image_size=8, channels=8, channel_mult=(1, 2),
-                          attention_resolutions=(), groups=4, attention_head_channels=8))
+    net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(), groups=4,
+                          attention_head_channels=8), DataShape(1, (8, 8)))
     denoiser = Denoiser(net, "eps", alpha_bar=schedules.make_alpha_bar("linear", 100)).eval()
     images = torch.rand(3, 1, 8, 8) * 2 - 1
     result = likelihood.evaluate_nll(denoiser, images, batch_size=2, steps=2)
@@ -58,11 +59,12 @@ def test_eval_nll_command_on_a_checkpoint(tmp_path, data_dir, capsys):
     from difflab.config import TrainConfig, update, validate
     from difflab.diffusion.denoiser import build_denoiser
 
-    config = validate(update(TrainConfig(), {"unet": {"channels": 8, "groups": 4,
-                                                      "attention_head_channels": 8}}))
-    net = build_denoiser(config).net
+    config = validate(update(TrainConfig(), {"net": {"channels": 8, "groups": 4,
+                                                     "attention_head_channels": 8}}))
+    shape = DataShape(1, (28, 28), 10)
+    net = build_denoiser(config, shape).net
     save_checkpoint(tmp_path, 1, config.to_dict(),
-                    {f"model.{k}": v for k, v in net.state_dict().items()})
+                    {f"model.{k}": v for k, v in net.state_dict().items()}, {"shape": shape.to_dict()})
     args = ["eval", str(tmp_path), "--ref", "mnist-test", "--data-dir", str(data_dir), "--nll",
             "--nll-n", "2", "--nll-steps", "1", "--json", str(tmp_path / "nll.json")]
     assert cli.main(args) == 0

@@ -267,14 +267,15 @@ def test_eval_cli_bad_input_is_one_line_error(small_splits, data_dir, tmp_path, 
 
 def test_training_evaluator_rejects_data_sets_without_feature_network():
     from difflab.config import TrainConfig
+    from difflab.runs import make_training_evaluator
 
     config = TrainConfig()
     config.data.dataset = "digits"
     with pytest.raises(MetricsError, match="mnist or cifar10.*'digits'"):
-        evaluate.make_training_evaluator(config)
+        make_training_evaluator(config, "fp32")
     config.data.dataset, config.data.image_size = "mnist", 32
     with pytest.raises(MetricsError, match="28x28.*image_size=32"):
-        evaluate.make_training_evaluator(config)
+        make_training_evaluator(config, "fp32")
 
 
 def test_load_samples_from_npz_folder_and_unsupported_paths(tmp_path):

@@ -8,6 +8,8 @@ import torch
 
 from difflab.diffusion import mixtures, samplers, schedules, sde
 from difflab.diffusion.denoiser import Denoiser
+from difflab.data.shape import DataShape
+from difflab.diffusion import generation
 from difflab.nets.unet import UNet, UNetConfig
 
 DETERMINISTIC = ("euler", "ddim", "heun", "dpmpp-2m", "dpmpp-3m", "unipc")
@@ -31,7 +33,7 @@ def _ode_error(name, problem, x, n, sigma_min, sigma_max, **options):
     """Mean per-sample error at sigma_min of n steps on a Karras grid that stops at sigma_min > 0
     (so the closed-form comparison is not dominated by the final jump to sigma = 0)."""
     sigmas = schedules.karras_sigmas(n, sigma_min, sigma_max)[:-1]
-    out = samplers.get_sampler(name)(problem, x.clone(), sigmas, **options)
+    out = generation.get_sampler(name)(problem, x.clone(), sigmas, **options)
     return (out - problem.ode_solution(x, sigma_max, sigma_min)).norm(dim=1).mean().item()
 
 
@@ -40,7 +42,7 @@ def test_deterministic_sampler_matches_closed_form_ode_per_sample(name):
     gauss = mixtures.make_problem("gaussian-64d")
     x = _start(gauss, 32, 80.0)
     sigmas = schedules.karras_sigmas(1000, 0.002, 80.0)  # ends in 0
-    out = samplers.get_sampler(name)(gauss, x.clone(), sigmas)
+    out = generation.get_sampler(name)(gauss, x.clone(), sigmas)
     exact = gauss.ode_solution(x, 80.0, 0.0)
     relative = (out - exact).norm(dim=1) / (exact - gauss.means[0]).norm(dim=1)
     assert relative.max() < 5e-3, relative.max()
@@ -100,7 +102,7 @@ def test_stochastic_sampler_recovers_mixture_moments_and_weights(label):
     n = 4000
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 2, generator=g, dtype=torch.float64) * 80.0
-    out = samplers.get_sampler(name)(mix, x, schedules.karras_sigmas(steps, 0.002, 80.0),
+    out = generation.get_sampler(name)(mix, x, schedules.karras_sigmas(steps, 0.002, 80.0),
                                      generator=g, **options)
     cov = mix.covariance()
     # Standard errors of the sample mean, covariance (Gaussian approximation) and weights.
@@ -131,15 +133,15 @@ def test_heun_without_churn_is_deterministic_and_churn_uses_generator():
 
 def test_ddpm_trained_network_runs_in_every_sampler():
     torch.manual_seed(0)
-    net = UNet(UNetConfig(in_channels=1, image_size=8, channels=8, channel_mult=(1, 2),
-                          attention_resolutions=(), groups=4, attention_head_channels=8))
+    net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(), groups=4,
+                          attention_head_channels=8), DataShape(1, (8, 8)))
     torch.nn.init.normal_(net.out.weight, std=0.02)  # non-zero output so the network matters
     denoiser = Denoiser(net, "eps", alpha_bar=schedules.make_alpha_bar("linear", 100)).eval()
-    for name in samplers.SAMPLERS:
+    for name in generation.SAMPLERS:
         calls = []
-        out = samplers.sample(denoiser, (2, 1, 8, 8), sampler=name, steps=3,
-                              generator=torch.Generator().manual_seed(0),
-                              callback=lambda i, *rest: calls.append(i))
+        out = generation.sample(denoiser, (2, 1, 8, 8), sampler=name, steps=3,
+                                 generator=torch.Generator().manual_seed(0),
+                                 callback=lambda i, *rest: calls.append(i))
         assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all(), name
         assert calls == [0, 1, 2], (name, calls)
 
@@ -164,16 +166,16 @@ def test_vp_sde_is_the_continuous_limit_of_linear_ddpm():
 
 def test_bad_names_and_options_give_clear_errors():
     with pytest.raises(ValueError, match="unknown sampler 'nope'.*dpmpp-2m"):
-        samplers.get_sampler("nope")
+        generation.get_sampler("nope")
     mix = mixtures.make_problem("gaussian-2d")
     sigmas = schedules.karras_sigmas(4, 0.002, 80.0)
     x = _start(mix, 4, 80.0)
     with pytest.raises(ValueError, match="s_churn=-1 must be >= 0"):
         samplers.sample_heun(mix, x, sigmas, s_churn=-1)
     with pytest.raises(ValueError, match="snr=0 must be > 0"):
-        samplers.sample_pc(mix, x, sigmas, snr=0)
+        sde.sample_pc(mix, x, sigmas, snr=0)
     with pytest.raises(ValueError, match="unknown SDE 'xx'"):
-        samplers.sample_euler_maruyama(mix, x, sigmas, sde="xx")
+        sde.sample_euler_maruyama(mix, x, sigmas, sde="xx")
     with pytest.raises(ValueError, match="order=4 must be 1, 2 or 3"):
         samplers.sample_unipc(mix, x, sigmas, order=4)
     with pytest.raises(ValueError, match="unknown toy problem"):

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from difflab.training.checkpoint import CheckpointError, load_denoiser, read_checkpoint, save_checkpoint
+from difflab.data.shape import DataShape
 from difflab.config import ConfigError, TrainConfig, from_dict, parse_overrides, update, validate
 
-TINY = ["--set", "unet.channels=16", "--set", "unet.channel_mult=[1,2]", "--set", "unet.groups=4",
-        "--set", "optim.batch_size=32", "--set", "run.log_every=1", "--set", "run.sample_steps=4",
+TINY = ["--set", "net.channels=16", "--set", "net.channel_mult=[1,2]", "--set", "net.groups=4",
+        "--set", "optim.batch_size=32", "--set", "loop.log_every=1", "--set", "sample.steps=4",
         "--no-bf16", "--threads", "1"]
 
 
@@ -25,10 +26,10 @@ def difflab(*args, timeout=300):
 
 def tiny_config(out, steps=6):
     config = TrainConfig()
-    update(config, parse_overrides(["data.dataset=digits", "unet.channels=16", "unet.channel_mult=[1,2]",
-                                    "unet.groups=4", "optim.batch_size=16", "run.bf16=false",
-                                    "run.log_every=1", "run.checkpoint_every=3", "run.sample_every=1000",
-                                    f"run.out={out}", f"run.steps={steps}", "run.minutes=none"]))
+    update(config, parse_overrides(["data.dataset=digits", "net.channels=16", "net.channel_mult=[1,2]",
+                                    "net.groups=4", "optim.batch_size=16", "run.precision=fp32",
+                                    "loop.log_every=1", "loop.checkpoint_every=3", "loop.sample_every=1000",
+                                    f"loop.out={out}", f"loop.steps={steps}", "loop.minutes=none"]))
     return validate(config)
 
 
@@ -83,13 +84,13 @@ def test_training_reduces_loss_and_checkpoint_loads(tmp_path):
     sigma = torch.logspace(-1.5, 1, 256)
     noise = torch.randn(x0.shape, generator=g)
     torch.manual_seed(config.run.seed)
-    initial = build_denoiser(config)
-    trained, loaded_config = load_denoiser(out, ema=False)
+    trained, loaded_config, shape = load_denoiser(out, ema=False)
+    initial = build_denoiser(config, shape)
     with torch.no_grad():
         before = denoising_loss(initial, x0, sigma, noise).item()
         after = denoising_loss(trained, x0, sigma, noise).item()
     assert after < 0.6 * before
-    assert loaded_config.run.steps == 60
+    assert loaded_config.loop.steps == 60 and shape == DataShape(1, (8, 8), 10)
     assert load_denoiser(out)[0](torch.randn(2, 1, 8, 8), 1.0).shape == (2, 1, 8, 8)  # EMA weights
 
 
@@ -112,8 +113,8 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path, monkeypatch):
 
 def test_kill_and_resume_is_bit_exact(tmp_path):
     """SIGKILL a run after a checkpoint, resume it: same loss curve and weights as a run never killed."""
-    args = ["train", "--data", "digits", "--steps", 24, *TINY, "--set", "run.checkpoint_every=4",
-            "--set", "run.sample_every=1000", "--final-samples", 0]
+    args = ["train", "--data", "digits", "--steps", 24, *TINY, "--set", "loop.checkpoint_every=4",
+            "--set", "loop.sample_every=1000", "--final-samples", 0]
     assert difflab(*args, "--out", tmp_path / "whole").returncode == 0
 
     killed = tmp_path / "killed"
@@ -145,7 +146,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
 def test_cli_end_to_end_on_digits(tmp_path):
     run = tmp_path / "run"
     result = difflab("train", "--data", "digits", "--steps", 30, "--out", run, "--final-samples", 100, *TINY,
-                     "--set", "run.sample_every=15")
+                     "--set", "loop.sample_every=15")
     assert result.returncode == 0, result.stderr
     for name in ("report.md", "samples.png", "samples.npz", "loss.png", "metrics.jsonl", "checkpoint.json"):
         assert (run / name).exists(), name
@@ -168,7 +169,7 @@ def test_cli_end_to_end_on_digits(tmp_path):
     (["sample", "nowhere"], "nowhere: no checkpoint found"),
     (["train", "--set", "optim.lr=abc"], "optim.lr: cannot parse 'abc' as float"),
     (["train", "--set", "lr=1"], "override 'lr=1' must look like section.field=value"),
-    (["train", "--steps", "0"], "run.steps=0: must be at least 1"),
+    (["train", "--steps", "0"], "loop.steps=0: must be at least 1"),
 ])
 def test_cli_bad_input_is_one_line(args, message):
     result = difflab(*args)

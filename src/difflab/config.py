@@ -3,16 +3,19 @@ validation that names the bad field and value in one line.
 
 ``TrainConfig`` defaults are the MNIST recipe of the main job (tuned for quality per CPU-minute,
 see BENCHMARKS.md). Override any field with ``--set section.field=value`` (e.g.
-``--set optim.lr=1e-3 --set unet.channel_mult=[1,2,2]``) or a TOML/JSON file (``--config``).
+``--set optim.lr=1e-3 --set net.channel_mult=[1,2,2]``) or a TOML/JSON file (``--config``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from difflab.device import PRECISIONS, check_device_name
+from difflab.nets import net_config
 from difflab.nets.unet import UNetConfig
 
 if sys.version_info >= (3, 11):
@@ -65,33 +68,59 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
+    """How the run computes; fixed for its lifetime (a resume refuses to change these)."""
+    seed: int = 0
+    device: str = "cpu"              # cpu | cuda | cuda:N | mps
+    precision: str = "auto"          # auto (bf16 only where the hardware runs it natively) | bf16 | fp32
+
+
+@dataclass
+class LoopConfig:
+    """Stopping rule, logging and checkpoints; a resume may change these."""
     out: str = "runs/mnist"
     steps: int | None = None         # stop after this many steps ...
     minutes: float | None = 8.5      # ... or this much training wall time, whichever comes first
-    seed: int = 0
-    bf16: bool = True                # bf16 autocast on CPU (fast on CPUs with AMX/AVX-512 BF16)
     threads: int | None = None       # torch.set_num_threads; None keeps torch's default
     log_every: int = 25
     sample_every: int = 500
     checkpoint_every: int = 250
-    sample_steps: int = 20           # x2 network evaluations per step with guidance
-    sample_sampler: str = "dpmpp-2m"
-    sample_guidance: float = 2.0     # classifier-free guidance scale (class-conditional models)
-    final_samples: int = 1000
     eval_every: int = 0
     eval_n: int = 1000
 
 
 @dataclass
+class SampleConfig:
+    """The run's sampling recipe: grids during training, the final samples, and the defaults of
+    ``difflab sample`` and ``difflab.load(...).sample``; a resume may change these."""
+    sampler: str = "dpmpp-2m"
+    steps: int = 20                  # x2 network evaluations per step with guidance
+    guidance: float = 2.0            # classifier-free guidance scale (class-conditional models)
+    grid: str | None = None          # sigma grid; None: the model's (Karras, or the DDPM grid)
+    final_samples: int = 1000
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    unet: UNetConfig = field(default_factory=UNetConfig)
+    net: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Sections a resume may change: they do not alter the training trajectory.
+RESUMABLE_SECTIONS = ("loop", "sample")
+
+
+def trajectory(config: dict) -> dict:
+    """The sections of a config dict that fix the training trajectory (all but RESUMABLE_SECTIONS)."""
+    config = json.loads(json.dumps(config))  # tuples -> lists, as saved
+    return {k: v for k, v in config.items() if k not in RESUMABLE_SECTIONS}
 
 
 def _coerce(section: str, name: str, current, value, optional: bool = False):
@@ -142,9 +171,16 @@ def update(config: TrainConfig, values: dict) -> TrainConfig:
                               f"{', '.join(f.name for f in dataclasses.fields(config))})")
         if not isinstance(fields_, dict):
             raise ConfigError(f"config section {section!r} must be a table of fields")
+        if section == "net" and "kind" in fields_:  # a new kind starts from its own defaults
+            try:
+                config.net = net_config(str(fields_["kind"]))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         target = getattr(config, section)
         types = {f.name: str(f.type) for f in dataclasses.fields(target)}
         for name, value in fields_.items():
+            if section == "net" and name == "kind":
+                continue
             if name not in types:
                 raise ConfigError(f"unknown config field {section}.{name} "
                                   f"(valid: {', '.join(sorted(types))})")
@@ -192,6 +228,12 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{where}={value!r}: {expected}")
 
     d, o, r, f = config.diffusion, config.optim, config.run, config.data
+    loop, smp = config.loop, config.sample
+    for section in dataclasses.fields(config):
+        for fld in dataclasses.fields(getattr(config, section.name)):
+            value = getattr(getattr(config, section.name), fld.name)
+            check(not isinstance(value, float) or math.isfinite(value),
+                  f"{section.name}.{fld.name}", value, "must be a finite number")
     check(f.dataset in DATASETS, "data.dataset", f.dataset, f"choose from {', '.join(DATASETS)}")
     check(d.parameterization in PARAMETERIZATIONS, "diffusion.parameterization",
           d.parameterization, f"choose from {', '.join(PARAMETERIZATIONS)}")
@@ -212,21 +254,68 @@ def validate(config: TrainConfig) -> TrainConfig:
     check(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables)")
     check(o.ema_half_life_images > 0, "optim.ema_half_life_images", o.ema_half_life_images,
           "must be positive")
-    check(r.steps is None or r.steps >= 1, "run.steps", r.steps, "must be at least 1")
-    check(r.minutes is None or r.minutes > 0, "run.minutes", r.minutes, "must be positive")
-    check(r.steps is not None or r.minutes is not None, "run.steps", r.steps,
-          "give run.steps or run.minutes")
-    for name in ("log_every", "sample_every", "checkpoint_every", "sample_steps", "eval_n"):
-        check(getattr(r, name) >= 1, f"run.{name}", getattr(r, name), "must be at least 1")
-    check(r.eval_every >= 0, "run.eval_every", r.eval_every, "must be >= 0 (0 disables)")
-    check(r.final_samples >= 0, "run.final_samples", r.final_samples, "must be >= 0")
-    check(r.sample_guidance >= 0, "run.sample_guidance", r.sample_guidance, "must be >= 0")
-    from difflab.diffusion.samplers import SAMPLERS
-
-    check(r.sample_sampler in SAMPLERS, "run.sample_sampler", r.sample_sampler,
-          f"choose from {', '.join(SAMPLERS)}")
     try:
-        config.unet.validate()
+        check_device_name(r.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    check(r.precision in PRECISIONS, "run.precision", r.precision,
+          f"choose from {', '.join(PRECISIONS)}")
+    check(loop.steps is None or loop.steps >= 1, "loop.steps", loop.steps, "must be at least 1")
+    check(loop.minutes is None or loop.minutes > 0, "loop.minutes", loop.minutes, "must be positive")
+    check(loop.steps is not None or loop.minutes is not None, "loop.steps", loop.steps,
+          "give loop.steps or loop.minutes")
+    check(loop.threads is None or loop.threads >= 1, "loop.threads", loop.threads,
+          "must be at least 1")
+    for name in ("log_every", "sample_every", "checkpoint_every", "eval_n"):
+        check(getattr(loop, name) >= 1, f"loop.{name}", getattr(loop, name), "must be at least 1")
+    check(loop.eval_every >= 0, "loop.eval_every", loop.eval_every, "must be >= 0 (0 disables)")
+    check(smp.steps >= 1, "sample.steps", smp.steps, "must be at least 1")
+    check(smp.final_samples >= 0, "sample.final_samples", smp.final_samples, "must be >= 0")
+    check(smp.guidance >= 0, "sample.guidance", smp.guidance, "must be >= 0")
+    from difflab.diffusion.generation import SAMPLERS
+    from difflab.diffusion.schedules import GRIDS
+
+    check(smp.sampler in SAMPLERS, "sample.sampler", smp.sampler,
+          f"choose from {', '.join(SAMPLERS)}")
+    check(smp.grid is None or smp.grid in GRIDS, "sample.grid", smp.grid,
+          f"choose from {', '.join(GRIDS)} (or none: the model's grid)")
+    try:
+        config.net.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return config
+
+
+# Config sections written before the net/run/loop/sample split (checkpoint format version 1).
+LEGACY_RUN_FIELDS = {"seed": ("run", "seed"), "out": ("loop", "out"), "steps": ("loop", "steps"),
+                     "minutes": ("loop", "minutes"), "threads": ("loop", "threads"),
+                     "log_every": ("loop", "log_every"), "sample_every": ("loop", "sample_every"),
+                     "checkpoint_every": ("loop", "checkpoint_every"),
+                     "eval_every": ("loop", "eval_every"), "eval_n": ("loop", "eval_n"),
+                     "sample_steps": ("sample", "steps"), "sample_sampler": ("sample", "sampler"),
+                     "sample_guidance": ("sample", "guidance"),
+                     "final_samples": ("sample", "final_samples")}
+
+
+def upgrade_legacy(config: dict, where: str) -> tuple[dict, dict | None]:
+    """(config dict in today's sections, data shape dict or None) from a config dict that may
+    predate the net/run/loop/sample split: ``unet`` becomes ``net`` (kind unet) and gives up its
+    data shape, ``run.bf16`` becomes ``run.precision``, the run fields move to their sections."""
+    if "unet" not in config:
+        return config, None
+    config = json.loads(json.dumps(config))
+    unet, run = dict(config.pop("unet")), dict(config.pop("run", {}))
+    try:
+        shape = {"channels": unet.pop("in_channels"), "size": [unet.pop("image_size")] * 2,
+                 "num_classes": unet.pop("num_classes", 0)}
+    except KeyError as e:
+        raise ConfigError(f"{where}: old-format config has no unet.{e.args[0]}; retrain, or "
+                          "add the field to the unet section of its config") from None
+    unet.pop("extra", None)
+    config["net"] = {"kind": "unet", **unet}
+    if "bf16" in run:
+        config.setdefault("run", {})["precision"] = "bf16" if run.pop("bf16") else "fp32"
+    for name, value in run.items():
+        section, field_name = LEGACY_RUN_FIELDS.get(name, ("run", name))
+        config.setdefault(section, {})[field_name] = value
+    return config, shape

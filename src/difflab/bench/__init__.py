@@ -2,8 +2,6 @@
 -> report. ``run_benchmark`` is what ``difflab bench optimizers`` calls."""
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +10,7 @@ from difflab.bench.plan import BUDGETS, final_specs, get_budget, tuning_specs
 from difflab.bench.problems import PROBLEMS, load_problem
 from difflab.bench.runner import ARMS
 
-__all__ = ["run_benchmark", "bench_command", "BUDGETS", "EXECUTORS", "PROBLEMS"]
+__all__ = ["run_benchmark", "ARMS", "BUDGETS", "EXECUTORS", "PROBLEMS"]
 
 
 def run_benchmark(problem: str, budget: str, out: str | Path, executor: str = "sequential",
@@ -56,36 +54,3 @@ def run_benchmark(problem: str, budget: str, out: str | Path, executor: str = "s
     path = write_report(results, out)
     log(f"report: {path} ({time.time() - t0:.1f} s this invocation)")
     return path
-
-
-def bench_command(args) -> int:
-    """Entry point of ``difflab bench optimizers``."""
-    if args.what != "optimizers":
-        raise ValueError(f"unknown bench target {args.what!r} (choose from optimizers)")
-    if args.report_only:
-        from difflab.bench.report import write_report
-
-        print(write_report(Path(args.out) / "results.jsonl", args.out))
-        return 0
-    command = "difflab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    run_benchmark(args.problem, args.budget, args.out, executor=args.executor,
-                  data_dir=args.data_dir, workers=args.workers, ray_address=args.ray_address,
-                  threads=args.threads, command=command)
-    return 0
-
-
-def add_bench_parser(sub) -> None:
-    """Register ``difflab bench optimizers ...`` on the CLI's subparsers."""
-    p = sub.add_parser("bench", help="benchmarks: bench optimizers (Langevin vs SGD/momentum/Adam)")
-    p.add_argument("what", choices=["optimizers"], help="what to benchmark")
-    p.add_argument("--problem", default="cifar10-cnn", choices=PROBLEMS)
-    p.add_argument("--budget", default="quick", choices=BUDGETS)
-    p.add_argument("--executor", default="sequential", choices=EXECUTORS)
-    p.add_argument("--workers", type=int, default=2, help="process/local-Ray workers")
-    p.add_argument("--ray-address", default=None, help="address of a running Ray cluster")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--out", default="bench-optimizers", help="output directory")
-    p.add_argument("--data-dir", default=None, help="data directory (else $DIFFLAB_DATA)")
-    p.add_argument("--report-only", action="store_true",
-                   help="only regenerate the report from OUT/results.jsonl")
-    p.set_defaults(func=bench_command)

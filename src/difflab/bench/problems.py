@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from difflab.data import load_cifar10, load_digits, load_mnist
+from difflab.data import load_pixels
 
 PROBLEMS = ("cifar10-cnn", "mnist-mlp", "digits-mlp")
 SPLIT_SEED = 20240601  # fixed: the validation split never depends on a run's seed
@@ -84,23 +84,20 @@ def load_problem(name: str, data_dir: str | None = None, n_train: int | None = N
                  n_val: int | None = None, n_test: int | None = None) -> Problem:
     """Load a workload once per process; ``n_train/n_val/n_test`` take the first rows of each
     part (the split itself is a fixed random permutation, so these are random subsets)."""
-    if name == "cifar10-cnn":
-        images, labels = load_cifar10(data_dir, "train")
-        test_images, test_labels = load_cifar10(data_dir, "test")
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r} (choose from {', '.join(PROBLEMS)})")
+    dataset = name.split("-")[0]
+    if dataset != "digits":
+        images, labels = load_pixels(dataset, data_dir, "train")
+        test_images, test_labels = load_pixels(dataset, data_dir, "test")
         train_idx, val_idx = _split(len(labels), 5000)
-    elif name == "mnist-mlp":
-        images, labels = load_mnist(data_dir, "train")
-        test_images, test_labels = load_mnist(data_dir, "test")
-        train_idx, val_idx = _split(len(labels), 5000)
-    elif name == "digits-mlp":
-        all_images, all_labels = load_digits()
+    else:
+        all_images, all_labels = load_pixels(dataset)
         perm = np.random.default_rng(SPLIT_SEED).permutation(len(all_labels))
         test_part, rest = np.sort(perm[:250]), perm[250:]
         test_images, test_labels = all_images[test_part], all_labels[test_part]
         images, labels = all_images[rest], all_labels[rest]
         train_idx, val_idx = _split(len(labels), 250)
-    else:
-        raise ValueError(f"unknown problem {name!r} (choose from {', '.join(PROBLEMS)})")
     # shuffle the train part once (fixed seed) so that n_train takes a random subset
     train_idx = train_idx[np.random.default_rng(SPLIT_SEED + 1).permutation(len(train_idx))]
     for label, requested, available in (("n_train", n_train, len(train_idx)),

@@ -208,21 +208,28 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def load_pixels(name: str, data_dir=None, split: str = "train", image_size: int | None = None,
+                channels: int | None = None, folder: str | None = None):
+    """(uint8 pixels [N, C, H, W], int labels [N] or None) of a data set by name: the one place
+    that maps data set names to loaders. ``digits`` has one split; ``folder`` reads ``folder``
+    at ``image_size`` (default 32) with ``channels`` (default 3)."""
+    if name == "mnist":
+        return load_mnist(data_dir, split)
+    if name == "cifar10":
+        return load_cifar10(data_dir, split)
+    if name == "digits":
+        return load_digits()
+    if name == "folder":
+        if folder is None:
+            raise DataError("folder data set needs a folder path (--folder)")
+        return load_image_folder(folder, image_size or 32, channels or 3)
+    raise DataError(f"unknown data set {name!r} (choose from {', '.join(DATASETS)})")
+
+
 def load_dataset(name: str, data_dir=None, split: str = "train", image_size: int | None = None,
                  channels: int | None = None, folder: str | None = None) -> ImageDataset:
     """Load a data set by name as float images in [-1, 1] (see module docstring for names)."""
-    if name == "mnist":
-        pixels, labels = load_mnist(data_dir, split)
-    elif name == "cifar10":
-        pixels, labels = load_cifar10(data_dir, split)
-    elif name == "digits":
-        pixels, labels = load_digits()
-    elif name == "folder":
-        if folder is None:
-            raise DataError("folder data set needs a folder path (--folder)")
-        pixels, labels = load_image_folder(folder, image_size or 32, channels or 3)
-    else:
-        raise DataError(f"unknown data set {name!r} (choose from {', '.join(DATASETS)})")
+    pixels, labels = load_pixels(name, data_dir, split, image_size, channels, folder)
     images = to_float(pixels)
     if image_size is not None and images.shape[-1] != image_size and name != "folder":
         images = torch.nn.functional.interpolate(images, size=(image_size, image_size),

@@ -106,18 +106,17 @@ class Denoiser(nn.Module):
         return 1 / c_out.square().clamp(min=1e-24)
 
 
-def build_denoiser(config) -> Denoiser:
-    """The U-Net Denoiser a ``TrainConfig`` describes (channels and classes taken from its data)."""
-    from difflab.nets.unet import UNet
-    from difflab.diffusion.schedules import make_alpha_bar
+def build_denoiser(config, shape) -> Denoiser:
+    """The Denoiser a ``TrainConfig`` describes, around the network of ``config.net`` built for
+    data of ``shape`` (``difflab.data.shape.DataShape``)."""
+    from difflab.diffusion.schedules import make_alpha_bar, sigma_from_alpha_bar
+    from difflab.nets import build_net
 
     d = config.diffusion
     alpha_bar = make_alpha_bar(d.schedule, d.timesteps) if d.density == "ddpm" else None
     sigma_min, sigma_max = d.sigma_min, d.sigma_max
     if alpha_bar is not None:  # a DDPM model samples only the levels it was trained on
-        from difflab.diffusion.schedules import sigma_from_alpha_bar
-
         sigmas = sigma_from_alpha_bar(alpha_bar)
         sigma_min, sigma_max = float(sigmas[0]), float(sigmas[-1])
-    return Denoiser(UNet(config.unet), d.parameterization, d.sigma_data, alpha_bar,
+    return Denoiser(build_net(config.net, shape), d.parameterization, d.sigma_data, alpha_bar,
                     sigma_min, sigma_max)

@@ -117,19 +117,3 @@ def evaluate_nll(denoiser, images: torch.Tensor, batch_size: int = 64, steps: in
     stderr = float(bpd.std() / math.sqrt(bpd.numel())) if bpd.numel() > 1 else float("nan")
     return {"nll_bpd": float(bpd.mean()), "nll_bpd_stderr": stderr, "nll_images": bpd.numel(),
             "nll_steps": steps}
-
-
-def checkpoint_nll(path, images: torch.Tensor, n: int = 128, steps: int = 50, seed: int = 0,
-                   batch_size: int = 64) -> dict:
-    """``difflab eval CHECKPOINT --ref SPLIT --nll``: bits/dim of the checkpoint's EMA model on the
-    first ``n`` images of a split (8-bit data in [-1, 1], dequantized as in the module docstring)."""
-    from difflab.training.checkpoint import load_denoiser
-
-    if n < 1 or steps < 1:
-        raise ValueError(f"--nll-n and --nll-steps must be at least 1, got {n} and {steps}")
-    denoiser, _ = load_denoiser(path)
-    result = evaluate_nll(denoiser, images[:n], batch_size=batch_size, steps=steps, seed=seed)
-    result["text"] = (f"NLL {result['nll_bpd']:.4f} ± {result['nll_bpd_stderr']:.4f} bits/dim "
-                      f"({result['nll_images']} images, uniform dequantization, probability-flow "
-                      f"ODE with {steps} RK4 steps, Hutchinson trace estimator)")
-    return result

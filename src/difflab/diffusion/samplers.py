@@ -24,10 +24,10 @@ import math
 import torch
 
 from difflab.diffusion.denoiser import append_dims
-from difflab.diffusion.sde import sample_ald, sample_euler_maruyama, sample_pc
 
 
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, on its device, from ``generator``."""
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
@@ -59,7 +59,7 @@ def sample_ddim(denoiser, x, sigmas, cond=None, generator=None, callback=None, e
         eps_hat = (x - x0_hat) / sigma
         x = x0_hat + sigma_down * eps_hat
         if sigma_up > 0:
-            x = x + sigma_up * _noise_like(x, generator)
+            x = x + sigma_up * noise_like(x, generator)
     return x
 
 
@@ -83,7 +83,7 @@ def sample_ddpm(denoiser, x, sigmas, cond=None, generator=None, callback=None):
         mean = (math.sqrt(ab_prev) * beta_t / (1 - ab)) * x0_hat + \
             (math.sqrt(alpha_t) * (1 - ab_prev) / (1 - ab)) * x_t
         variance = (1 - ab_prev) / (1 - ab) * beta_t
-        x_t = mean + math.sqrt(variance) * _noise_like(x_t, generator) if variance > 0 else mean
+        x_t = mean + math.sqrt(variance) * noise_like(x_t, generator) if variance > 0 else mean
     return x_t * math.sqrt(1 + sigmas[-1] ** 2)
 
 
@@ -101,13 +101,18 @@ def sample_euler(denoiser, x, sigmas, cond=None, generator=None, callback=None):
     return x
 
 
-def check_option(name: str, value: float, low: float, high: float = math.inf) -> float:
-    """``value`` as a float if low <= value <= high, else ValueError naming the option."""
-    value = float(value)
-    if not low <= value <= high:
-        bound = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
-        raise ValueError(f"sampler option {name}={value:g} must be {bound}")
-    return value
+def check_option(name: str, value, low: float, high: float = math.inf, *, integer: bool = False,
+                 open_low: bool = False):
+    """``value`` (a float, or an int with ``integer``) if it lies in [low, high] (``open_low``:
+    (low, high]), else ValueError naming the sampler option and the value."""
+    number = float(value)
+    if integer and (not number.is_integer() or isinstance(value, bool)):
+        raise ValueError(f"sampler option {name}={value} must be an integer")
+    if not (low < number if open_low else low <= number) or not number <= high:
+        bound = (f"{'>' if open_low else '>='} {low:g}" if high == math.inf
+                 else f"in [{low:g}, {high:g}]")
+        raise ValueError(f"sampler option {name}={value} must be {bound}")
+    return int(number) if integer else number
 
 
 @torch.no_grad()
@@ -128,7 +133,7 @@ def sample_heun(denoiser, x, sigmas, cond=None, generator=None, callback=None,
         gamma = min(s_churn / steps, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
-            x = x + s_noise * math.sqrt(sigma_hat**2 - sigma**2) * _noise_like(x, generator)
+            x = x + s_noise * math.sqrt(sigma_hat**2 - sigma**2) * noise_like(x, generator)
         x0_hat = denoiser(x, sigma_hat, cond)
         if callback is not None:
             callback(i, sigma_hat, x, x0_hat)
@@ -276,52 +281,3 @@ def sample_unipc(denoiser, x, sigmas, cond=None, generator=None, callback=None, 
         x_last, last_order = x, len(history)
         x = _unipc_update(x, history, _lambda(sigma_next), last_order, variant)
     return x
-
-
-def guided(denoiser, guidance_scale: float):
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as a denoiser:
-    D_w(x) = D(x, null) + w (D(x, c) - D(x, null)); w = 1 is plain conditional sampling."""
-    if guidance_scale == 1.0:
-        return denoiser
-
-    def guided_denoiser(x, sigma, cond=None):
-        if cond is None:
-            return denoiser(x, sigma, None)
-        sigma = torch.as_tensor(sigma)
-        both = denoiser(torch.cat([x, x]), sigma.repeat(2) if sigma.dim() else sigma,
-                        torch.cat([cond, torch.full_like(cond, -1)]))  # -1: no label
-        conditional, unconditional = both.chunk(2)
-        return unconditional + guidance_scale * (conditional - unconditional)
-
-    return guided_denoiser
-
-
-SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "euler": sample_euler, "heun": sample_heun,
-            "dpmpp-2m": sample_dpmpp_2m, "dpmpp-3m": sample_dpmpp_3m, "unipc": sample_unipc,
-            "euler-maruyama": sample_euler_maruyama, "pc": sample_pc, "ald": sample_ald}
-
-
-def get_sampler(name: str):
-    """The sampler function called ``name``; ValueError listing the valid names otherwise."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
-    return SAMPLERS[name]
-
-
-def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid: str | None = None,
-           cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
-           guidance_scale: float = 1.0, callback=None, **options) -> torch.Tensor:
-    """Draw samples of ``shape`` from a Denoiser: build the sigma grid (the trained DDPM grid
-    for DDPM-trained models, else Karras), scale the start noise and run the named sampler."""
-    from difflab.diffusion.schedules import sigma_grid
-
-    fn = get_sampler(sampler)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    alpha_bar = getattr(denoiser, "alpha_bar", None)
-    if grid is None:
-        grid = "ddpm" if alpha_bar is not None else "karras"
-    sigmas = sigma_grid(grid, steps, denoiser.sigma_min, denoiser.sigma_max, alpha_bar=alpha_bar)
-    x = _noise_like(torch.empty(shape), generator) * float(sigmas[0])
-    return fn(guided(denoiser, guidance_scale), x, sigmas, cond=cond, generator=generator,
-              callback=callback, **options)

@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from difflab.diffusion.samplers import check_option, noise_like
 
 SDES = ("ve", "vp")
 
@@ -102,23 +103,6 @@ def sde_sigmas(sde, n: int, t_min: float = 1e-3) -> torch.Tensor:
                       torch.zeros(1, dtype=torch.float64)])
 
 
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not value > 0:
-        raise ValueError(f"sampler option {name}={value:g} must be > 0")
-    return value
-
-
-def _count(name: str, value: int) -> int:
-    if int(value) != value or value < 0:
-        raise ValueError(f"sampler option {name}={value} must be a non-negative integer")
-    return int(value)
-
-
 @torch.no_grad()
 def sample_euler_maruyama(denoiser, x, sigmas, cond=None, generator=None, callback=None,
                           sde: str = "ve", beta_min: float = 0.1, beta_max: float = 20.0):
@@ -142,7 +126,7 @@ def sample_euler_maruyama(denoiser, x, sigmas, cond=None, generator=None, callba
         score = (s * x0_hat - y) / (s * sigma) ** 2
         dt = t - process.t_of_sigma(sigma_next)  # > 0, time runs backwards
         f, g = process.drift_diffusion(y, t)
-        y = y - (f - g**2 * score) * dt + g * math.sqrt(dt) * _noise_like(y, generator)
+        y = y - (f - g**2 * score) * dt + g * math.sqrt(dt) * noise_like(y, generator)
         x = y / process.scale(t - dt)
     return x
 
@@ -154,7 +138,7 @@ def langevin_corrector(denoiser, x, sigma: float, cond, generator, snr: float, s
     per-sample step size is unstable in low dimensions, where ||g|| of one sample can be ~0)."""
     for _ in range(steps):
         score = (denoiser(x, sigma, cond) - x) / sigma**2
-        z = _noise_like(x, generator)
+        z = noise_like(x, generator)
         noise_norm = z.flatten(1).norm(dim=1).mean()
         score_norm = score.flatten(1).norm(dim=1).mean().clamp(min=1e-30)
         eps = 2 * (snr * noise_norm / score_norm) ** 2
@@ -170,8 +154,8 @@ def sample_pc(denoiser, x, sigmas, cond=None, generator=None, callback=None,
     reverse-diffusion predictor (Sec. 4.2) x <- x + (sigma_i^2 - sigma_{i+1}^2) grad log p + sqrt(
     sigma_i^2 - sigma_{i+1}^2) z. Corrector first, as in the authors' code, so the last corrector
     acts at sigma > 0. Evaluations per level: corrector_steps + 1."""
-    snr = _positive("snr", snr)
-    corrector_steps = _count("corrector_steps", corrector_steps)
+    snr = check_option("snr", snr, 0.0, open_low=True)
+    corrector_steps = check_option("corrector_steps", corrector_steps, 0, integer=True)
     sigmas = [float(s) for s in sigmas]
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         x = langevin_corrector(denoiser, x, sigma, cond, generator, snr, corrector_steps)
@@ -181,7 +165,7 @@ def sample_pc(denoiser, x, sigmas, cond=None, generator=None, callback=None,
         variance = sigma**2 - sigma_next**2
         x = x + variance * (x0_hat - x) / sigma**2
         if sigma_next > 0:
-            x = x + math.sqrt(variance) * _noise_like(x, generator)
+            x = x + math.sqrt(variance) * noise_like(x, generator)
     return x
 
 
@@ -196,16 +180,16 @@ def sample_ald(denoiser, x, sigmas, cond=None, generator=None, callback=None,
     level and left visible bias on the test mixtures at 5 steps per level. If the grid ends in 0,
     a final Tweedie step x = D(x; sigma_L) removes the remaining noise (the denoising step of
     Jolicoeur-Martineau et al. 2021)."""
-    steps_per_level = _count("steps_per_level", steps_per_level)
+    steps_per_level = check_option("steps_per_level", steps_per_level, 0, integer=True)
     levels = [float(s) for s in sigmas if float(s) > 0]
     sigma_last = levels[-1]
-    eps = sigma_last**2 if step_size is None else _positive("step_size", step_size)
+    eps = sigma_last**2 if step_size is None else check_option("step_size", step_size, 0.0, open_low=True)
     x0_hat = None
     for i, sigma in enumerate(levels):
         alpha = eps * (sigma / sigma_last) ** 2
         for _ in range(steps_per_level):
             x0_hat = denoiser(x, sigma, cond)
-            x = x + (alpha / 2) * (x0_hat - x) / sigma**2 + math.sqrt(alpha) * _noise_like(x, generator)
+            x = x + (alpha / 2) * (x0_hat - x) / sigma**2 + math.sqrt(alpha) * noise_like(x, generator)
         if callback is not None:
             callback(i, sigma, x, x0_hat)
     if float(sigmas[-1]) == 0:

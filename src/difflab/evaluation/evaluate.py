@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from difflab.evaluation import metrics
-from difflab.data import load_cifar10, load_image_folder, load_mnist, to_float
+from difflab.data import load_image_folder, load_pixels, to_float
 from difflab.evaluation.metrics import MetricsError
 
 REFERENCES = ("mnist-test", "mnist-train", "cifar10-test", "cifar10-train")
@@ -74,8 +74,7 @@ def inception_extractor(path) -> Extractor:
 
 
 def load_split(dataset: str, split: str, data_dir=None) -> torch.Tensor:
-    pixels, _ = (load_mnist if dataset == "mnist" else load_cifar10)(data_dir, split)
-    return to_float(pixels)
+    return to_float(load_pixels(dataset, data_dir, split)[0])
 
 
 def reference_features(reference: str, extractor: Extractor, data_dir=None, verbose: bool = False):
@@ -156,39 +155,6 @@ def evaluate_images(images: torch.Tensor, reference: str = "mnist-test", data_di
     return result
 
 
-EVAL_SEED = 4321
-TRAINING_LOG_KEYS = ("fid", "fid_floor", "kid", "kid_std", "is", "precision", "recall")
-
-
-def make_training_evaluator(config):
-    """For ``difflab train --eval-every K --eval-n N``: a function ``denoiser -> dict`` that draws
-    ``run.eval_n`` samples (fixed seed, the run's sampler) and scores them against the test split
-    of the training data set. Checks the data set and warms the reference cache up front, so a
-    misconfigured run fails before training. Uses its own generators: resuming stays exact."""
-    dataset = config.data.dataset
-    if dataset not in SHAPES:
-        raise MetricsError(f"run.eval_every needs data set mnist or cifar10 (feature networks exist "
-                           f"only for those), got {dataset!r}")
-    channels, size = SHAPES[dataset]
-    if config.data.image_size not in (None, size):
-        raise MetricsError(f"run.eval_every: the {dataset} feature network needs {size}x{size} "
-                           f"images, got data.image_size={config.data.image_size}")
-    reference = f"{dataset}-test"
-    extractor = difflab_extractor(dataset)
-    for ref in (reference, _floor_reference(reference)):
-        reference_features(ref, extractor, config.data.data_dir, verbose=True)
-
-    def evaluate_model(denoiser) -> dict:
-        from difflab.training.train import draw_samples
-
-        images = draw_samples(denoiser, config, config.run.eval_n, seed=EVAL_SEED)
-        r = evaluate_images(images, reference, config.data.data_dir, seed=EVAL_SEED, kid_subsets=50)
-        return {"eval_n": r["n"], "eval_features": r["features"],
-                **{k: r[k] for k in TRAINING_LOG_KEYS if k in r}}
-
-    return evaluate_model
-
-
 # ----------------------------------------------------------------------------------------------
 # Loading samples
 # ----------------------------------------------------------------------------------------------
@@ -215,9 +181,9 @@ def array_to_images(arr: np.ndarray, channels: int, what: str) -> torch.Tensor:
     return x.clamp(0, 1) * 2 - 1  # NaN stays NaN and is reported by check_images
 
 
-def load_samples(path, dataset: str, n: int | None = None, sampler: str | None = None,
-                 steps: int | None = None, seed: int = 0) -> torch.Tensor:
-    """Samples in [-1, 1] from a .npz/.npy file, an image folder or a checkpoint (first ``n``)."""
+def load_samples(path, dataset: str, n: int | None = None) -> torch.Tensor:
+    """Samples in [-1, 1] from a .npz/.npy file or an image folder (first ``n``); a run
+    directory is sampled by the caller (``difflab.runs``)."""
     channels, size = SHAPES[dataset]
     path = Path(path).expanduser()
     if not path.exists():
@@ -233,32 +199,15 @@ def load_samples(path, dataset: str, n: int | None = None, sampler: str | None =
                 raise MetricsError(f"{path}: no 'samples' array (keys: {', '.join(keys)})")
             data = data["samples" if "samples" in keys else keys[0]]
         images = array_to_images(data[:n] if n else data, channels, str(path))
-    elif path.is_dir() and not (path / "checkpoint.json").is_file():
+    elif path.is_dir():
         pixels, _ = load_image_folder(path, size, channels)
         images = to_float(pixels[:n] if n else pixels)
-    elif path.is_dir() or path.suffix in (".json", ".safetensors"):
-        images = sample_checkpoint(path, n or 1000, sampler, steps, seed)
     else:
         raise MetricsError(f"{path}: unsupported samples input (expected a .npz/.npy file, an image "
                            "folder, or a checkpoint run directory / checkpoint.json)")
     if n and len(images) < n:
         raise MetricsError(f"{path}: asked for --n {n} samples, found only {len(images)}")
     return images
-
-
-def sample_checkpoint(path: Path, n: int, sampler: str | None, steps: int | None, seed: int) -> torch.Tensor:
-    """n samples of the EMA model in a checkpoint, with the run's sampler unless overridden."""
-    from difflab.training.checkpoint import load_denoiser
-    from difflab.training.train import draw_samples
-
-    denoiser, config = load_denoiser(path)
-    if sampler:
-        config.run.sample_sampler = sampler
-    if steps:
-        config.run.sample_steps = steps
-    print(f"sampling {n} images from {path} ({config.run.sample_sampler}, "
-          f"{config.run.sample_steps} steps) ...", file=sys.stderr, flush=True)
-    return draw_samples(denoiser, config, n, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,61 +232,3 @@ def format_result(r: dict, samples_label: str) -> str:
     if "warning" in r:
         lines.append(f"warning: {r['warning']}")
     return "\n".join(lines)
-
-
-def run_eval(args) -> int:
-    """CLI: ``difflab eval [SAMPLES] --ref REF [--n N] [--data-dir D] [--inception-weights P]``."""
-    import json
-
-    dataset, split = parse_reference(args.ref)
-    if args.nll:
-        from difflab.diffusion.likelihood import checkpoint_nll
-
-        if args.samples is None:
-            raise MetricsError("--nll needs a checkpoint (run directory or checkpoint.json)")
-        result = checkpoint_nll(args.samples, load_split(dataset, split, args.data_dir),
-                                args.nll_n, args.nll_steps, args.seed)
-        print(result.pop("text"))
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-    if args.n is not None and args.n < 2:
-        raise MetricsError(f"--n must be at least 2 (FID needs a covariance), got {args.n}")
-    if args.samples is None:
-        ex = [difflab_extractor(dataset)]
-        if args.inception_weights:
-            ex.append(inception_extractor(args.inception_weights))
-        for e in ex:
-            for ref in (args.ref, _floor_reference(args.ref)):
-                feats, _ = reference_features(ref, e, args.data_dir, verbose=True)
-                print(f"{ref}: {len(feats)} images, {feats.shape[1]}-d {e.name} features cached in "
-                      f"{cache_dir() / f'{ref}-{e.tag}.npz'}")
-        return 0
-    images = load_samples(args.samples, dataset, args.n, args.sampler, args.steps, args.seed)
-    result = evaluate_images(images, args.ref, args.data_dir, args.inception_weights, args.seed,
-                             verbose=True)
-    print(format_result(result, args.samples))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
-def add_eval_parser(sub) -> None:
-    """Register ``difflab eval`` on an argparse subparsers object."""
-    p = sub.add_parser("eval", help="FID/KID/IS/precision-recall of samples against a data split")
-    p.add_argument("samples", nargs="?", default=None,
-                   help="samples .npz/.npy, image folder or checkpoint; omit to cache reference stats")
-    p.add_argument("--ref", required=True, choices=REFERENCES, help="reference split")
-    p.add_argument("--n", type=int, default=None, help="number of samples (default: all; 1000 from a checkpoint)")
-    p.add_argument("--data-dir", default=None, help="data directory (default: $DIFFLAB_DATA or ~/.cache/difflab/data)")
-    p.add_argument("--inception-weights", default=None,
-                   help="pytorch-fid pt_inception-2015-12-05-6726825d.pth: adds Inception-v3 metrics")
-    p.add_argument("--sampler", default=None, help="sampler for a checkpoint (default: the run's)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps for a checkpoint")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling and metric subsets")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--nll", action="store_true", help="instead of sample metrics: the checkpoint's "
-                   "negative log-likelihood in bits/dim on --ref images (probability-flow ODE)")
-    p.add_argument("--nll-n", type=int, default=128, help="images for --nll (default 128)")
-    p.add_argument("--nll-steps", type=int, default=50, help="RK4 steps for --nll (default 50)")
-    p.set_defaults(func=run_eval)

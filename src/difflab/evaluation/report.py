@@ -113,7 +113,8 @@ def write_report(run_dir: str | Path, sample_info: dict, metrics: dict | None = 
         f"# difflab run: {run_dir.name}", "",
         f"Data set **{config['data']['dataset']}**, {config['diffusion']['parameterization']} "
         f"parameterization, training sigma density {config['diffusion']['density']}, "
-        f"U-Net with {n_params:,} parameters." if n_params else "", "",
+        f"network `{sample_info.get('net', 'unet')}` with {n_params:,} parameters." if n_params else "",
+        "",
         "## Training", "",
         "| steps | images seen | training time | median images/s | final loss |",
         "|---|---|---|---|---|",
@@ -124,6 +125,11 @@ def write_report(run_dir: str | Path, sample_info: dict, metrics: dict | None = 
     ]
     if curve:
         lines += [f"![loss curve]({curve.name})", ""]
+    if sample_info.get("train_precision"):
+        lines += [f"Precision: training **{sample_info['train_precision']}** "
+                  f"({sample_info.get('train_precision_reason') or 'reason not recorded'}); "
+                  f"sampling **{sample_info['sample_precision']}** "
+                  f"({sample_info['sample_precision_reason']}).", ""]
     lines += ["## Samples", "",
               f"{sample_info['n']} samples, sampler `{sample_info['sampler']}` with "
               f"{sample_info['steps']} steps ({sample_info['nfe']} network evaluations per image"

@@ -9,40 +9,51 @@ scale-shift conditioning on the time/class embedding (Dhariwal & Nichol 2021, "A
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from difflab.data.shape import DataShape
+
 
 @dataclass
 class UNetConfig:
-    in_channels: int = 1
-    image_size: int = 28
+    kind: str = "unet"
     channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = (7,)
     attention_head_channels: int = 32
     dropout: float = 0.0
-    num_classes: int = 0
     groups: int = 8
     out_channels: int | None = None
-    extra: dict = field(default_factory=dict)
 
-    def validate(self) -> "UNetConfig":
+    def validate(self, shape: DataShape | None = None) -> "UNetConfig":
+        """Check the options, and against ``shape`` (if given) that the image can be halved."""
         if self.channels <= 0 or self.channels % self.groups:
-            raise ValueError(f"unet.channels={self.channels} must be a positive multiple of "
-                             f"unet.groups={self.groups}")
+            raise ValueError(f"net.channels={self.channels} must be a positive multiple of "
+                             f"net.groups={self.groups}")
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
-            raise ValueError(f"unet.channel_mult={self.channel_mult} must be positive integers")
+            raise ValueError(f"net.channel_mult={self.channel_mult} must be positive integers")
         if self.num_res_blocks < 1:
-            raise ValueError(f"unet.num_res_blocks={self.num_res_blocks} must be at least 1")
-        size = self.image_size
+            raise ValueError(f"net.num_res_blocks={self.num_res_blocks} must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"net.dropout={self.dropout} must be in [0, 1)")
+        if self.attention_head_channels < 1:
+            raise ValueError(f"net.attention_head_channels={self.attention_head_channels} "
+                             "must be at least 1")
+        if self.out_channels is not None and self.out_channels < 1:
+            raise ValueError(f"net.out_channels={self.out_channels} must be at least 1")
+        if shape is None:
+            return self
+        if len(shape.size) != 2 or shape.size[0] != shape.size[1]:
+            raise ValueError(f"net.kind=unet needs square images, got data of size {shape.size}")
+        size = shape.size[0]
         for _ in self.channel_mult[1:]:
             if size % 2:
-                raise ValueError(f"unet: image size {self.image_size} cannot be halved "
+                raise ValueError(f"net: image size {shape.size[0]} cannot be halved "
                                  f"{len(self.channel_mult) - 1} times (odd size {size})")
             size //= 2
         return self
@@ -100,22 +111,24 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net ``F(x_in [B,C,H,W], c_noise [B], cond [B] int or None) -> [B,C,H,W]``."""
+    """U-Net ``F(x_in [B,C,H,W], c_noise [B], cond [B] int or None) -> [B,C,H,W]`` for images of
+    ``shape`` (channels, size and classes from the data)."""
 
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig, shape: DataShape):
         super().__init__()
-        self.config = config.validate()
+        self.config = config.validate(shape)
+        self.num_classes = shape.num_classes
         ch, groups = config.channels, config.groups
         emb_dim = 4 * ch
         self.emb_channels = ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Index num_classes is the "no label" token used for classifier-free guidance.
-        self.class_emb = nn.Embedding(config.num_classes + 1, emb_dim) if config.num_classes else None
-        self.stem = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+        self.class_emb = nn.Embedding(shape.num_classes + 1, emb_dim) if shape.num_classes else None
+        self.stem = nn.Conv2d(shape.channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
         skip_channels = [ch]
-        c, size = ch, config.image_size
+        c, size = ch, shape.size[0]
         for level, mult in enumerate(config.channel_mult):
             for _ in range(config.num_res_blocks):
                 block = nn.ModuleList([ResBlock(c, ch * mult, emb_dim, groups, config.dropout)])
@@ -148,7 +161,7 @@ class UNet(nn.Module):
                 self.up.append(block)
 
         self.out_norm = nn.GroupNorm(groups, c)
-        self.out = nn.Conv2d(c, config.out_channels or config.in_channels, 3, padding=1)
+        self.out = nn.Conv2d(c, config.out_channels or shape.channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -162,7 +175,7 @@ class UNet(nn.Module):
                 cond: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(sinusoidal_embedding(c_noise, self.emb_channels))
         if self.class_emb is not None:
-            null = self.config.num_classes  # label -1 or None: the unconditional token
+            null = self.num_classes  # label -1 or None: the unconditional token
             cond = torch.full((x.shape[0],), null, device=x.device) if cond is None else \
                 torch.where(cond < 0, null, cond)
             emb = emb + self.class_emb(cond)

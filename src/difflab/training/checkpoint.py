@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT = "difflab-checkpoint"
+VERSION = 2  # 2: config sections net/run/loop/sample and the data shape beside the config
 INDEX = "checkpoint.json"
 
 
@@ -45,7 +46,7 @@ def save_checkpoint(run_dir: str | Path, step: int, config: dict, tensors: dict[
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _atomic_write(run_dir / weights_name,
                   lambda p: save_file(tensors, str(p), metadata={"format": FORMAT, "step": str(step)}))
-    info = {"format": FORMAT, "version": 1, "step": step, "weights": weights_name,
+    info = {"format": FORMAT, "version": VERSION, "step": step, "weights": weights_name,
             "config": config, **(meta or {})}
     _atomic_write(run_dir / INDEX, lambda p: p.write_text(json.dumps(info, indent=2)))
     for old in run_dir.glob("checkpoint-*.safetensors"):
@@ -113,18 +114,30 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
+def checkpoint_config(info: dict, where) -> tuple:
+    """(TrainConfig, DataShape) of a checkpoint's info; version-1 configs are upgraded."""
+    from difflab.config import from_dict, upgrade_legacy
+    from difflab.data.shape import DataShape
+
+    config, legacy_shape = upgrade_legacy(info["config"], str(where))
+    shape = info.get("shape", legacy_shape)
+    if shape is None:
+        raise CheckpointError(f"{where}: missing field 'shape' (the data shape)")
+    return from_dict(config), DataShape.from_dict(shape, str(where))
+
+
 def load_denoiser(path: str | Path, ema: bool = True):
-    """(Denoiser in eval mode, TrainConfig) from a checkpoint; EMA weights unless ``ema=False``."""
-    from difflab.config import from_dict
+    """(Denoiser in eval mode, TrainConfig, DataShape) from a checkpoint; EMA weights unless
+    ``ema=False``."""
     from difflab.diffusion.denoiser import build_denoiser
 
     info, tensors = read_checkpoint(path)
-    config = from_dict(info["config"])
-    denoiser = build_denoiser(config)
+    config, shape = checkpoint_config(info, _index_path(path))
+    denoiser = build_denoiser(config, shape)
     weights = sub_state(tensors, "ema" if ema and any(k.startswith("ema.") for k in tensors) else "model")
     try:
         denoiser.net.load_state_dict(weights)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{_index_path(path)}: weights do not match the config ({first})") from None
-    return denoiser.eval().requires_grad_(False), config
+    return denoiser.eval().requires_grad_(False), config, shape

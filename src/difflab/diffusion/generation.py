@@ -1,0 +1,104 @@
+"""The one generation path: N samples from a denoiser, in batches, with the class labels, the
+sampler, the sigma grid, guidance, seed, device and precision as arguments.
+
+Training's sample grids, the end-of-run report, ``difflab sample``, ``difflab eval`` of a run and
+``difflab.load(...).sample`` all call :func:`generate`; defaults come from the run's
+``sample`` config section (``SampleConfig``) where the caller has one.
+"""
+from __future__ import annotations
+
+import torch
+
+from difflab.device import autocast, model_device
+from difflab.diffusion.guidance import guided
+from difflab.diffusion.samplers import (noise_like, sample_ddim, sample_ddpm, sample_dpmpp_2m,
+                                        sample_dpmpp_3m, sample_euler, sample_heun, sample_unipc)
+from difflab.diffusion.schedules import sigma_grid
+from difflab.diffusion.sde import sample_ald, sample_euler_maruyama, sample_pc
+
+SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "euler": sample_euler, "heun": sample_heun,
+            "dpmpp-2m": sample_dpmpp_2m, "dpmpp-3m": sample_dpmpp_3m, "unipc": sample_unipc,
+            "euler-maruyama": sample_euler_maruyama, "pc": sample_pc, "ald": sample_ald}
+MAX_STEPS = 10_000  # more steps than any sampler needs; bounds the time and memory of a call
+
+
+def get_sampler(name: str):
+    """The sampler function called ``name``; ValueError listing the valid names otherwise."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    return SAMPLERS[name]
+
+
+def model_sigmas(denoiser, steps: int, grid: str | None = None) -> torch.Tensor:
+    """The sigma grid of ``steps`` steps for a denoiser: ``grid`` by name, or by default the
+    trained DDPM grid for DDPM-trained models and the Karras grid otherwise."""
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+    alpha_bar = getattr(denoiser, "alpha_bar", None)
+    if grid is None:
+        grid = "ddpm" if alpha_bar is not None else "karras"
+    return sigma_grid(grid, steps, denoiser.sigma_min, denoiser.sigma_max, alpha_bar=alpha_bar)
+
+
+@torch.no_grad()
+def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid: str | None = None,
+           cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           guidance_scale: float = 1.0, callback=None, **options) -> torch.Tensor:
+    """One batch of ``shape`` from a denoiser: build the sigma grid, draw the start noise on the
+    denoiser's device (scaled by the first sigma) and run the named sampler with guidance."""
+    fn = get_sampler(sampler)
+    sigmas = model_sigmas(denoiser, steps, grid)
+    device = model_device(denoiser) if isinstance(denoiser, torch.nn.Module) else torch.device("cpu")
+    x = noise_like(torch.empty(shape, device=device), generator) * float(sigmas[0])
+    return fn(guided(denoiser, guidance_scale), x, sigmas, cond=cond, generator=generator,
+              callback=callback, **options)
+
+
+def class_labels(start: int, count: int, num_classes: int, class_label: int | None = None):
+    """Labels of samples start..start+count-1: ``class_label`` for all, else cycling 0..K-1;
+    None for an unconditional model."""
+    if not num_classes:
+        return None
+    if class_label is not None:
+        return torch.full((count,), class_label)
+    return torch.arange(start, start + count) % num_classes
+
+
+@torch.no_grad()
+def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, steps: int,
+             grid: str | None = None, guidance: float = 1.0, seed: int = 0,
+             batch_size: int = 250, class_label: int | None = None, precision: str = "fp32",
+             **options) -> torch.Tensor:
+    """``n`` samples in [-1, 1], float32, shape ``[n, *item_shape]``, on the denoiser's device.
+
+    One generator seeded with ``seed`` draws all batches in order, so the samples depend on the
+    seed and the batch size, not on the machine's thread count. ``precision`` is a resolved
+    precision ('bf16' or 'fp32', see ``difflab.device``); guidance applies to conditional models.
+    Raises ValueError if any sample is not finite, naming the likely causes."""
+    get_sampler(sampler)
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
+    if class_label is not None and not 0 <= class_label < max(num_classes, 1):
+        raise ValueError(f"class label {class_label}: the model has {num_classes or 'no'} classes")
+    device = model_device(denoiser)
+    generator = torch.Generator(device).manual_seed(seed)
+    was_training = denoiser.training
+    denoiser.eval()
+    chunks = []
+    try:
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            cond = class_labels(start, count, num_classes, class_label)
+            cond = None if cond is None else cond.to(device)
+            with autocast(device, precision):
+                chunks.append(sample(denoiser, (count, *item_shape), sampler, steps, grid, cond=cond,
+                                     generator=generator,
+                                     guidance_scale=guidance if num_classes else 1.0, **options))
+    finally:
+        denoiser.train(was_training)
+    images = torch.cat(chunks).float()
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
+        raise ValueError(f"{bad} of {n} samples contain NaN or inf (check the guidance scale, "
+                         "diffusion.sigma_max and whether the weights are finite)")
+    return images.clamp(-1, 1)

@@ -1,0 +1,181 @@
+"""A run, end to end and after the fact: train it (with scoring during training), finish it
+(final samples, scores, report.md), and load it for use as a model object.
+
+This module sits above both training and evaluation, so neither imports the other::
+
+    model = difflab.load("runs/mnist")
+    images = model.sample(16)            # [16, C, H, W] in [0, 1], the run's sampling recipe
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difflab.config import TrainConfig, update, validate
+from difflab.device import resolve_device, resolve_precision
+from difflab.diffusion.generation import generate
+from difflab.evaluation.evaluate import (SHAPES, _floor_reference, difflab_extractor,
+                                         evaluate_images, reference_features)
+from difflab.evaluation.metrics import MetricsError
+from difflab.evaluation.report import save_grid, save_npz, write_report
+from difflab.training.checkpoint import load_denoiser, read_checkpoint
+from difflab.training.train import train
+
+EVAL_SEED = 4321
+TRAINING_LOG_KEYS = ("fid", "fid_floor", "kid", "kid_std", "is", "precision", "recall")
+
+
+class Model:
+    """A trained run loaded for use: the EMA denoiser, its config, the data shape, the device
+    and the resolved precision. ``sample`` draws images with the run's recipe as defaults."""
+
+    def __init__(self, denoiser, config: TrainConfig, shape, path: Path, precision: str,
+                 precision_reason: str):
+        self.denoiser, self.config, self.shape, self.path = denoiser, config, shape, path
+        self.precision, self.precision_reason = precision, precision_reason
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def generate(self, n: int, steps: int | None = None, sampler: str | None = None,
+                 guidance: float | None = None, seed: int = 0, grid: str | None = None,
+                 class_label: int | None = None, batch_size: int = 250, **options) -> torch.Tensor:
+        """``n`` samples in [-1, 1] (the model's data range); None means the run's recipe."""
+        recipe = self.config.sample
+        return generate(self.denoiser, self.shape.item, self.shape.num_classes, n,
+                        sampler=sampler or recipe.sampler, steps=steps or recipe.steps,
+                        grid=grid if grid is not None else recipe.grid,
+                        guidance=recipe.guidance if guidance is None else guidance, seed=seed,
+                        batch_size=batch_size, class_label=class_label,
+                        precision=self.precision, **options)
+
+    def sample(self, n: int, steps: int | None = None, sampler: str | None = None,
+               guidance: float | None = None, seed: int = 0, **options) -> torch.Tensor:
+        """``n`` samples as a float tensor ``[n, C, H, W]`` in [0, 1]. Defaults (None) are the
+        run's recipe: ``config.sample.steps``, ``.sampler``, ``.guidance``; ``grid=``,
+        ``class_label=``, ``batch_size=`` and sampler options pass through."""
+        return (self.generate(n, steps, sampler, guidance, seed, **options) + 1) / 2
+
+    def __repr__(self) -> str:
+        s = self.config.sample
+        return (f"Model({str(self.path)!r}, net={self.config.net.kind}, shape={self.shape.item}, "
+                f"classes={self.shape.num_classes}, recipe={s.sampler}/{s.steps} steps/"
+                f"guidance {s.guidance:g}, {self.device}, {self.precision})")
+
+
+def load(path, device: str | None = None, precision: str | None = None) -> Model:
+    """Load a run directory (or its checkpoint.json) for sampling, EMA weights. ``device``
+    defaults to the run's own where this machine has it, else cpu; ``precision`` to the run's
+    (``auto`` resolves on this machine)."""
+    denoiser, config, shape = load_denoiser(path)
+    if device is None:
+        try:
+            resolved = resolve_device(config.run.device)
+        except ValueError:
+            resolved = torch.device("cpu")
+    else:
+        resolved = resolve_device(device)
+    chosen, reason = resolve_precision(precision or config.run.precision, resolved)
+    return Model(denoiser.to(resolved), config, shape, Path(path), chosen, reason)
+
+
+def make_training_evaluator(config: TrainConfig, precision: str):
+    """For ``difflab train --eval-every K``: ``(denoiser, shape) -> dict`` that draws ``loop.eval_n``
+    samples (fixed seed, the run's recipe) and scores them against the test split of the
+    training data. Checks the data set and warms the reference cache up front, so a
+    misconfigured run fails before training. Uses its own generators: resuming stays exact."""
+    dataset = config.data.dataset
+    if dataset not in SHAPES:
+        raise MetricsError(f"loop.eval_every needs data set mnist or cifar10 (feature networks "
+                           f"exist only for those), got {dataset!r}")
+    size = SHAPES[dataset][1]
+    if config.data.image_size not in (None, size):
+        raise MetricsError(f"loop.eval_every: the {dataset} feature network needs {size}x{size} "
+                           f"images, got data.image_size={config.data.image_size}")
+    reference = f"{dataset}-test"
+    extractor = difflab_extractor(dataset)
+    for ref in (reference, _floor_reference(reference)):
+        reference_features(ref, extractor, config.data.data_dir, verbose=True)
+    smp = config.sample
+
+    def evaluate_model(denoiser, shape) -> dict:
+        images = generate(denoiser, shape.item, shape.num_classes, config.loop.eval_n,
+                          sampler=smp.sampler, steps=smp.steps, grid=smp.grid,
+                          guidance=smp.guidance, seed=EVAL_SEED, precision=precision)
+        r = evaluate_images(images, reference, config.data.data_dir, seed=EVAL_SEED, kid_subsets=50)
+        return {"eval_n": r["n"], "eval_features": r["features"],
+                **{k: r[k] for k in TRAINING_LOG_KEYS if k in r}}
+
+    return evaluate_model
+
+
+def train_run(config: TrainConfig, resume: bool = False) -> Path:
+    """``difflab train``: train (scoring every ``loop.eval_every`` steps if set), then finish the
+    run; returns the report's path."""
+    evaluator = None
+    if config.loop.eval_every:
+        precision, _ = resolve_precision(config.run.precision, resolve_device(config.run.device))
+        evaluator = make_training_evaluator(config, precision)
+    run_dir = train(config, resume=resume, evaluator=evaluator)
+    return finish_run(run_dir)
+
+
+def finish_run(run_dir, n: int | None = None, **sampling) -> Path:
+    """Sample the trained EMA model, save a 64-image grid and all samples (.npz), write report.md.
+    ``sampling`` overrides fields of the run's ``sample`` section (``sampler=``, ``steps=``,
+    ``guidance=``, ``grid=``) for this call."""
+    run_dir = Path(run_dir)
+    model = load(run_dir)
+    validate(update(model.config, {"sample": sampling}))
+    recipe = model.config.sample
+    n = recipe.final_samples if n is None else n
+    calls = []  # batch size of every network evaluation
+    hook = model.denoiser.net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    started = time.perf_counter()
+    images = model.generate(max(n, 64), seed=1234)
+    seconds = time.perf_counter() - started
+    hook.remove()
+    save_grid(images[:64], run_dir / "samples.png")
+    info, _ = read_checkpoint(run_dir)
+    sample_info = {"n": len(images), "sampler": recipe.sampler, "steps": recipe.steps,
+                   "guidance": recipe.guidance if model.shape.num_classes else None,
+                   "nfe": round(sum(calls) / len(images)),  # network evaluations per image
+                   "seconds": seconds, "grid": "samples.png", "net": model.config.net.kind,
+                   "parameters": sum(p.numel() for p in model.denoiser.net.parameters()),
+                   "train_precision": info.get("precision", "bf16 (run before precision "
+                                               "was recorded)"),
+                   "train_precision_reason": info.get("precision_reason", ""),
+                   "sample_precision": model.precision,
+                   "sample_precision_reason": model.precision_reason}
+    metrics = None
+    if n:
+        save_npz(images[:n], run_dir / "samples.npz")
+        sample_info["npz"] = "samples.npz"
+        metrics = score_samples(images[:n], model.config)
+    return write_report(run_dir, sample_info, metrics)
+
+
+def score_samples(images: torch.Tensor, config: TrainConfig) -> dict | None:
+    """FID/KID/IS/precision/recall of final samples against the test split, with difflab's own
+    feature network (only MNIST and CIFAR-10 at their native size have one)."""
+    dataset = config.data.dataset
+    if dataset not in SHAPES or config.data.image_size not in (None, SHAPES[dataset][1]) \
+            or len(images) < 2:
+        return None
+    result = evaluate_images(images, f"{dataset}-test", config.data.data_dir)
+    features = result.pop("features")
+    scores = {f"{k} ({features} features)" if k.split("_")[0] in ("fid", "kid") else k: v
+              for k, v in result.items() if k != "reference"}
+    # What the classifier behind the features sees: how confident, and which classes.
+    _, probs = difflab_extractor(dataset)(images)
+    counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])
+    scores["classifier confidence (mean max probability)"] = float(probs.max(1).mean())
+    scores["share of samples with confidence > 0.9"] = float((probs.max(1) > 0.9).mean())
+    scores["classes present"] = f"{int((counts > 0).sum())} of {probs.shape[1]}"
+    scores["predicted class counts"] = " ".join(str(c) for c in counts)
+    return scores
+
