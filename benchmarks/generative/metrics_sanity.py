@@ -1,6 +1,6 @@
 """Sanity figures for difflab's metrics, and feature-extraction throughput.
 
-    flock /tmp/difflab-heavy.lock python benchmarks/metrics_sanity.py --data-dir ../shared/data
+    flock /tmp/difflab-heavy.lock python benchmarks/generative/metrics_sanity.py --data-dir ../shared/data
 
 For MNIST and CIFAR-10 and N in (1000, 10000), with the reference = the whole test split and the
 shipped feature network of that data set, it scores N images of:

@@ -3,8 +3,8 @@ UNet2DModel + DDPMScheduler trained for the same number of minutes (or steps), t
 50 DDIM steps (diffusers) and difflab's default sampler, both scored with the same feature network
 (FID/KID with difflab's MNIST features, 1,000 samples against the MNIST test split).
 
-    python benchmarks/quality_vs_diffusers.py --minutes 10 --data-dir ../shared/data
-    python benchmarks/quality_vs_diffusers.py --diffusers-steps 1750 --difflab-run runs/mnist
+    python benchmarks/generative/quality_vs_diffusers.py --minutes 10 --data-dir ../shared/data
+    python benchmarks/generative/quality_vs_diffusers.py --diffusers-steps 1750 --difflab-run runs/mnist
 
 ``--difflab-run`` scores an existing difflab run directory (e.g. the main job's) instead of training
 difflab here. Prints both scores and the ratio (diffusers FID / difflab FID).
@@ -71,7 +71,9 @@ def main() -> None:
     from difflab.config import TrainConfig, update
     from difflab.data import load_dataset
     from difflab.evaluation.evaluate import evaluate_images
-    from difflab.training.train import draw_samples, finish_run, train
+    from difflab.runs import finish_run, load
+    from difflab.training.checkpoint import read_checkpoint
+    from difflab.training.train import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=None, help="training budget of each side")
@@ -104,26 +106,19 @@ def main() -> None:
         return
 
     if args.difflab_run:
-        from difflab.training.checkpoint import load_denoiser, read_checkpoint
-
         run_dir = args.difflab_run
-        info = read_checkpoint(run_dir)[0]
-        denoiser, config = load_denoiser(run_dir)
-        ours_steps, ours_seconds = info["step"], info["train_seconds"]
     else:
         config = TrainConfig()
-        update(config, {"data": {"data_dir": args.data_dir},
-                        "run": {"out": args.out, "minutes": args.minutes, "seed": args.seed,
-                                "steps": None if args.minutes else args.diffusers_steps,
-                                "final_samples": 0}})
+        update(config, {"data": {"data_dir": args.data_dir}, "run": {"seed": args.seed},
+                        "loop": {"out": args.out, "minutes": args.minutes,
+                                 "steps": None if args.minutes else args.diffusers_steps},
+                        "sample": {"final_samples": 0}})
         run_dir = train(config)
         finish_run(run_dir, 0)
-        from difflab.training.checkpoint import load_denoiser, read_checkpoint
-
-        denoiser, config = load_denoiser(run_dir)
-        info = read_checkpoint(run_dir)[0]
-        ours_steps, ours_seconds = info["step"], info["train_seconds"]
-    ours = evaluate_images(draw_samples(denoiser, config, args.n, seed=args.seed), "mnist-test", args.data_dir)
+    info = read_checkpoint(run_dir)[0]
+    ours_steps, ours_seconds = info["step"], info["train_seconds"]
+    ours = evaluate_images(load(run_dir).generate(args.n, seed=args.seed), "mnist-test",
+                           args.data_dir)
     print(f"difflab:   {ours_steps} steps in {ours_seconds / 60:.1f} min, FID {ours['fid']:.2f}, "
           f"KID {ours['kid']:.4f}, precision {ours['precision']:.3f}, recall {ours['recall']:.3f}")
     print(f"FID ratio diffusers / difflab: {theirs['fid'] / ours['fid']:.2f}x "

@@ -28,7 +28,7 @@ with set_alpha_to_one; all with their default final step to sigma = 0.
 With ``--mnist RUN_DIR``, a trained checkpoint is sampled by a fixed set of configurations of
 each side (``MNIST_DIFFLAB``, ``MNIST_DIFFUSERS``) and scored by FID on difflab's MNIST features.
 
-Run:  python benchmarks/sampler_quality.py [--problems mixture-64d] [--samples 10000]
+Run:  python benchmarks/generative/sampler_quality.py [--problems mixture-64d] [--samples 10000]
           [--mnist runs/mnist --mnist-samples 1000 --data-dir ../shared/data]
 """
 from __future__ import annotations
@@ -40,7 +40,9 @@ import time
 
 import torch
 
-from difflab.diffusion import mixtures, samplers, schedules
+from difflab.device import autocast
+from difflab.diffusion import mixtures, schedules
+from difflab.diffusion.generation import get_sampler
 
 T_TRAIN = 1000
 NFES = (5, 10, 20, 50)
@@ -121,8 +123,7 @@ def run_difflab(config, mix, z, nfe, alpha_bar, generator) -> tuple[torch.Tensor
     sigmas = schedules.sigma_grid(grid, steps, sigma_min, sigma_max, alpha_bar=alpha_bar,
                                   rho=options.pop("rho", 7.0))
     model = Counted(mix)
-    out = samplers.get_sampler(name)(model, z * float(sigmas[0]), sigmas, generator=generator,
-                                     **options)
+    out = get_sampler(name)(model, z * float(sigmas[0]), sigmas, generator=generator, **options)
     return out, model.calls
 
 
@@ -306,33 +307,38 @@ MNIST_DIFFUSERS = ("DDIM/trailing", "DPMSolverMultistep/o2/exponential", "UniPCM
 
 
 class Chunked:
-    """Evaluate a network denoiser in batches of ``size`` (memory) under bfloat16 autocast (as
-    ``difflab sample`` does by default), one level per call; float32 out."""
+    """Evaluate a network denoiser in batches of ``size`` (memory) in a resolved ``precision``
+    ('bf16' or 'fp32': the run's ``run.precision`` on this machine, as ``difflab sample`` does by
+    default), one level per call; float32 out."""
 
-    def __init__(self, denoiser, size: int = 250):
-        self.denoiser, self.size = denoiser, size
+    def __init__(self, denoiser, precision: str, size: int = 250):
+        self.denoiser, self.precision, self.size = denoiser, precision, size
 
     @torch.no_grad()
     def __call__(self, x, sigma, cond=None):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(torch.device("cpu"), self.precision):
             return torch.cat([self.denoiser(part, sigma, None).float() for part in x.split(self.size)])
 
 
-def mnist_table(checkpoint: str, samples: int, seed: int, data_dir=None, nfes=(5, 10, 20)) -> dict:
+def mnist_table(checkpoint: str, samples: int, seed: int, data_dir=None, nfes=(5, 10, 20),
+                precision: str | None = None) -> dict:
     """FID (difflab MNIST features, vs mnist-test) of a trained checkpoint per sampler and NFE;
-    both sides share the start noise and DDPM's linear schedule (T = 1000) as in the mixtures."""
-    from difflab.training.checkpoint import load_denoiser, read_checkpoint
+    both sides share the start noise and DDPM's linear schedule (T = 1000) as in the mixtures.
+    ``precision`` (auto | bf16 | fp32) defaults to the run's ``run.precision``."""
+    from difflab.device import resolve_precision
     from difflab.evaluation.evaluate import evaluate_images
+    from difflab.training.checkpoint import load_denoiser, read_checkpoint
 
-    denoiser, config = load_denoiser(checkpoint)
-    denoiser = Chunked(denoiser.eval())
+    denoiser, config, shape = load_denoiser(checkpoint)
+    precision, why = resolve_precision(precision or config.run.precision, torch.device("cpu"))
+    print(f"  network precision: {precision} ({why})", flush=True)
+    denoiser = Chunked(denoiser.eval(), precision)
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(samples, config.unet.in_channels, config.unet.image_size, config.unet.image_size,
-                    generator=g)
+    z = torch.randn(samples, *shape.item, generator=g)
     alpha_bar = schedules.make_alpha_bar("linear", T_TRAIN)
     configs = {f"difflab:{c[0]}": c for c in difflab_configs() if c[0] in MNIST_DIFFLAB}
     configs.update({f"diffusers:{c[0]}": c for c in diffusers_configs() if c[0] in MNIST_DIFFUSERS})
-    table = {"checkpoint": str(checkpoint), "samples": samples, "rows": [],
+    table = {"checkpoint": str(checkpoint), "samples": samples, "rows": [], "precision": precision,
              "step": read_checkpoint(checkpoint)[0]["step"]}
     for label, config_ in configs.items():
         for nfe in nfes:
@@ -377,6 +383,8 @@ def main() -> None:
                         "checkpoint (run directory) by FID")
     parser.add_argument("--mnist-samples", type=int, default=500)
     parser.add_argument("--mnist-nfe", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--mnist-precision", choices=("auto", "bf16", "fp32"),
+                        help="network precision for --mnist (default: the run's run.precision)")
     parser.add_argument("--data-dir", help="data directory for the FID reference (MNIST)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -396,7 +404,7 @@ def main() -> None:
         print(flush=True)
     if args.mnist:
         results["mnist"] = mnist_table(args.mnist, args.mnist_samples, args.seed, args.data_dir,
-                                       tuple(args.mnist_nfe))
+                                       tuple(args.mnist_nfe), args.mnist_precision)
         print(mnist_markdown(results["mnist"], tuple(args.mnist_nfe)), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -3,7 +3,7 @@ vs Hugging Face diffusers' pipeline loop, both driving the same ``UNet2DModel`` 
 
 diffusers side: ``DDIMPipeline`` (DDIM, eta = 0) and ``DDPMPipeline`` given a
 ``DPMSolverMultistepScheduler`` (DPM-Solver++(2M)); both with the progress bar off and
-``output_type="pt"``. difflab side: ``samplers.sample`` with ``ddim`` / ``dpmpp-2m`` on the trained
+``output_type="pt"``. difflab side: ``generation.sample`` with ``ddim`` / ``dpmpp-2m`` on the trained
 DDPM grid, the same UNet wrapped as an eps-prediction ``Denoiser`` (the wrapper turns
 c_noise = log(sigma)/4 back into diffusers' fractional timestep). Both sides draw their start
 noise inside the timed call. Both use the same trailing timesteps (999, 949, ... for 20 steps)
@@ -12,20 +12,20 @@ interleaved in alternating order (diffusers, difflab | difflab, diffusers | ...)
 affects both alike; reported are each side's images/s (median time) and the per-round ratio of
 images/s, difflab / diffusers (> 1: difflab faster), as median [min, max] over rounds.
 
-Run:  python benchmarks/sampler_speed.py [--batch 16 --steps 20 --net small|tiny|null]
+Run:  python benchmarks/generative/sampler_speed.py [--batch 16 --steps 20 --net small|tiny|null]
 """
 from __future__ import annotations
 
 import argparse
 import bisect
-import statistics
-import time
 
 import torch
 from torch import nn
 
-from difflab.diffusion import samplers, schedules
+from difflab.diffusion import schedules
 from difflab.diffusion.denoiser import Denoiser
+from difflab.diffusion.generation import sample
+from difflab.timing import interleave, summarise
 
 T_TRAIN = 1000
 
@@ -113,27 +113,25 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, pipe in pipelines.items():
         pipe.set_progress_bar_config(disable=True)
-        times, images = {"difflab": [], "diffusers": []}, {}
-        with torch.inference_mode():
-            for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
-                order = ("difflab", "diffusers") if repeat % 2 else ("diffusers", "difflab")
-                for side in order:
-                    g = torch.Generator().manual_seed(repeat)
-                    start = time.perf_counter()
-                    if side == "difflab":
-                        out = samplers.sample(denoiser, shape, sampler=name, steps=args.steps,
-                                              grid="ddpm", generator=g)
-                    else:
-                        out = pipe(batch_size=args.batch, generator=g, num_inference_steps=args.steps,
-                                   output_type="pt").images
-                    elapsed = time.perf_counter() - start
-                    images[side] = out if side == "diffusers" else (out / 2 + 0.5).clamp(0, 1)
-                    if repeat:
-                        times[side].append(elapsed)
-        rate = {side: args.batch / statistics.median(t) for side, t in times.items()}
-        ratios = sorted(b / a for a, b in zip(times["difflab"], times["diffusers"]))  # per round
+        images = {}
+
+        def run_difflab(name=name):
+            images["difflab"] = sample(denoiser, shape, sampler=name, steps=args.steps,
+                                       grid="ddpm", generator=torch.Generator().manual_seed(0))
+
+        def run_diffusers(pipe=pipe):
+            images["diffusers"] = pipe(batch_size=args.batch, generator=torch.Generator().manual_seed(0),
+                                       num_inference_steps=args.steps, output_type="pt").images
+
+        with torch.inference_mode():  # the first round warms up and is not counted
+            times = interleave({"diffusers": run_diffusers, "difflab": run_difflab}, args.repeats,
+                               alternate=True)
+        summary = summarise(times, "difflab")
+        images["difflab"] = (images["difflab"] / 2 + 0.5).clamp(0, 1)  # diffusers' output range
+        rate = {side: args.batch / s["seconds"] for side, s in summary.items()}
+        ratios = sorted(summary["diffusers"]["ratios"])  # per round: images/s difflab / diffusers
         print(f"| {name} | {rate['difflab']:.2f} | {rate['diffusers']:.2f} | "
-              f"{statistics.median(ratios):.3f} [{ratios[0]:.3f}, {ratios[-1]:.3f}] | "
+              f"{summary['diffusers']['ratio']:.3f} [{ratios[0]:.3f}, {ratios[-1]:.3f}] | "
               f"{(images['difflab'] - images['diffusers']).abs().max():.1e} |", flush=True)
 
 

@@ -3,41 +3,48 @@ UNet2DModel + DDPMScheduler at a comparable parameter count, same batch, same ma
 
 Both sides run a whole training step (noise, forward, loss, backward, gradient clipping, AdamW,
 EMA update) on MNIST-shaped batches; rounds alternate between the two so that load from other
-processes hits both alike. Prints images/s of each and the ratio, per precision mode:
+processes hits both alike (``difflab.timing``; one warm-up round is discarded). Prints images/s of
+each and the ratio (median over rounds of the per-round ratio, with a 95% bootstrap CI), per
+precision mode (``difflab.device.autocast``):
 
   fp32   both in float32
-  bf16   both under torch.autocast("cpu", bfloat16)
-  default  each library's default: difflab's recipe (bf16 autocast) vs diffusers in float32
+  bf16   both under bf16 autocast
+  default  each library's default: difflab's ``run.precision=auto`` as resolved on this machine
+           (bf16 only where the CPU computes it natively, printed) vs diffusers in float32
 
-    python benchmarks/train_speed_vs_diffusers.py --rounds 6 --steps-per-round 5
+    python benchmarks/generative/train_speed_vs_diffusers.py --rounds 6 --steps-per-round 5
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+
+from difflab.device import autocast, resolve_precision
+from difflab.timing import interleave, summarise
+
+CPU = torch.device("cpu")
 
 
 def difflab_side(batch: int):
     from difflab.config import TrainConfig
+    from difflab.data.shape import DataShape
     from difflab.diffusion.denoiser import build_denoiser
-    from difflab.training.ema import EMA
     from difflab.diffusion.loss import denoising_loss
     from difflab.diffusion.schedules import sample_training_sigma
+    from difflab.training.ema import EMA
 
     config = TrainConfig()
-    denoiser = build_denoiser(config)
+    denoiser = build_denoiser(config, DataShape(1, (28, 28)))  # unconditional, like diffusers' side
     ema = EMA(denoiser.net, config.optim.ema_half_life_images)
     opt = torch.optim.AdamW(denoiser.net.parameters(), lr=1e-4)
     x0 = torch.rand(batch, 1, 28, 28) * 2 - 1
     seen = [0]
 
-    def step(bf16: bool):
+    def step(precision: str):
         sigma = sample_training_sigma("lognormal", batch)
         noise = torch.randn_like(x0)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(CPU, precision):
             loss = denoising_loss(denoiser, x0, sigma, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -62,11 +69,11 @@ def diffusers_side(batch: int):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x0 = torch.rand(batch, 1, 28, 28) * 2 - 1
 
-    def step(bf16: bool):
+    def step(precision: str):
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (batch,))
         x_t = scheduler.add_noise(x0, noise, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(CPU, precision):
             pred = model(x_t, t).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
@@ -96,21 +103,21 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}")
     print(f"parameters: difflab U-Net {n_ours:,}, diffusers UNet2DModel {n_theirs:,} "
           f"(ratio {n_ours / n_theirs:.2f})")
-    modes = {"fp32": (False, False), "bf16": (True, True), "default": (True, False)}
+    auto, why = resolve_precision("auto", CPU)
+    modes = {"fp32": ("fp32", "fp32"), "bf16": ("bf16", "bf16"), "default": (auto, "fp32")}
+    print(f"default mode: difflab {auto} ({why}), diffusers fp32")
     for mode in args.modes.split(","):
-        ours_bf16, theirs_bf16 = modes[mode]
-        for _ in range(2):  # warm-up (oneDNN primitive creation)
-            ours(ours_bf16)
-            theirs(theirs_bf16)
-        rates = {"difflab": [], "diffusers": []}
-        for _ in range(args.rounds):
-            for name, fn, bf16 in (("difflab", ours, ours_bf16), ("diffusers", theirs, theirs_bf16)):
-                started = time.perf_counter()
-                for _ in range(args.steps_per_round):
-                    fn(bf16)
-                rates[name].append(args.batch * args.steps_per_round / (time.perf_counter() - started))
-        a, b = statistics.median(rates["difflab"]), statistics.median(rates["diffusers"])
-        print(f"{mode:8s} difflab {a:7.1f} img/s   diffusers {b:7.1f} img/s   ratio {a / b:.2f}x")
+        ours_precision, theirs_precision = modes[mode]
+        times = interleave({"difflab": lambda: ours(ours_precision),
+                            "diffusers": lambda: theirs(theirs_precision)},
+                           args.rounds, args.steps_per_round)  # + 1 warm-up round (oneDNN set-up)
+        summary = summarise(times, "difflab")
+        a, b = (args.batch / summary[side]["seconds"] for side in ("difflab", "diffusers"))
+        ratio = summary["diffusers"]  # per round: diffusers' seconds / difflab's = img/s ratio
+        lo, hi = ratio["ratio_ci"]
+        print(f"{mode:8s} difflab {a:7.1f} img/s   diffusers {b:7.1f} img/s   "
+              f"ratio {ratio['ratio']:.2f}x [{lo:.2f}, {hi:.2f}]")
+
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ step, loss.item()), against pure compute: forward+backward on one resident batch
 The two are interleaved in blocks of steps in one process, so machine load hits both alike.
 Acceptance: epoch time <= 2x pure compute.
 
-    python benchmarks/bench_data_throughput.py [--data-dir ../shared/data] [--block 16]
+    python benchmarks/optim/bench_data_throughput.py [--data-dir ../shared/data] [--block 16]
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ baseline = SSE2); this script compiles each level on its own with the same flags
 so a machine with AVX-512 can show what an AVX2-only laptop gets. All builds must give the same
 bits (checked). Blocks of calls alternate between the variants; ratios are medians over rounds.
 
-    python benchmarks/normal_kernel_isa.py [--rounds 30] [--block 300]
+    python benchmarks/optim/normal_kernel_isa.py [--rounds 30] [--block 300]
 """
 from __future__ import annotations
 
@@ -16,15 +16,14 @@ import importlib.util
 import subprocess
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from difflab.optim.normal import reference_normal
+from difflab.timing import interleave, summarise
 
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "difflab" / "optim" / "_normal.c"
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "difflab" / "optim" / "_normal.c"
 LEVELS = {"x86-64 (SSE2)": "-march=x86-64", "x86-64-v3 (AVX2)": "-march=x86-64-v3",
           "x86-64-v4 (AVX-512)": "-march=x86-64-v4"}
 
@@ -65,21 +64,14 @@ def main() -> None:
                  for label, k in kernels.items()}
         calls["torch normal_ (MT19937)"] = lambda: buf.normal_(generator=gen)
         calls["NumPy definition (no compiler)"] = lambda: reference_normal(1, 0, n)
-        times = {label: [] for label in calls}
-        for r in range(args.rounds + 1):
-            for label, call in calls.items():
-                t0 = time.perf_counter()
-                for _ in range(args.block):
-                    call()
-                if r:
-                    times[label].append((time.perf_counter() - t0) / args.block)
-    ref = np.array(times["torch normal_ (MT19937)"])
+        times = interleave(calls, args.rounds, args.block)  # + 1 warm-up round
+    summary = summarise(times, "torch normal_ (MT19937)")
     print(f"{n} float32 N(0,1) values, 1 thread, {args.rounds} rounds x {args.block} calls; "
           "all kernel builds bit-identical")
-    print(f"{'variant':28s} {'median us':>10s} {'vs torch normal_':>17s}")
-    for label, t in times.items():
-        t = np.array(t)
-        print(f"{label:28s} {1e6 * np.median(t):10.1f} {np.median(t / ref):17.2f}")
+    print(f"{'variant':28s} {'median us':>10s} {'vs torch normal_':>17s}  95% CI")
+    for label, s in summary.items():
+        lo, hi = s["ratio_ci"]
+        print(f"{label:28s} {1e6 * s['seconds']:10.1f} {s['ratio']:17.2f}  [{lo:.2f}, {hi:.2f}]")
 
 
 if __name__ == "__main__":

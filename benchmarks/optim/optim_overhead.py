@@ -7,7 +7,7 @@ bootstrap CI. Also times the noise draw alone over a flat buffer of all paramete
 difflab's counter-based stream (the default noise source) and with torch's ``normal_`` (MT19937,
 what ``Langevin(generator=torch.Generator())`` uses), and whether the compiled kernel is loaded.
 
-    python benchmarks/optim_overhead.py [--repeats 30] [--block 200] [--model unet]
+    python benchmarks/optim/optim_overhead.py [--repeats 30] [--block 200] [--model unet]
 
 ``--model unet`` times the steps on the parameters of difflab's MNIST U-Net (1.2M parameters,
 many tensors) instead, where SGD's memory-bound passes are relatively cheaper than the noise
@@ -16,16 +16,15 @@ many tensors) instead, where SGD's memory-bound passes are relatively cheaper th
 from __future__ import annotations
 
 import argparse
-import time
 
-import numpy as np
 import torch
 
 from difflab.bench.problems import build_model
-from difflab.bench.stats import bootstrap_ci
+from difflab.data.shape import DataShape
 from difflab.nets.unet import UNet, UNetConfig
 from difflab.optim import Langevin
 from difflab.optim.normal import NormalStream, kernel_available
+from difflab.timing import interleave, summarise
 
 
 def main() -> None:
@@ -38,7 +37,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     n_train = 45000
     def build(name):
-        return build_model(name) if name == "cifar10-cnn" else UNet(UNetConfig())
+        if name == "cifar10-cnn":
+            return build_model(name)
+        return UNet(UNetConfig(), DataShape(1, (28, 28)))  # unconditional, as before the split
 
     n_params = sum(p.numel() for p in build(args.model).parameters())
     print(f"torch {torch.__version__}, {args.threads} thread(s), repeats {args.repeats} x "
@@ -81,31 +82,15 @@ def main() -> None:
         flat = torch.empty(n_params)
         gen = torch.Generator().manual_seed(0)
         stream = NormalStream(0)
-        draws = ["noise draw only: difflab stream", "noise draw only: torch normal_"]
-        times = {k: [] for k in kinds + draws}
-        for rep in range(args.repeats + 1):
-            for k in kinds + draws:
-                t0 = time.perf_counter()
-                if k == draws[0]:
-                    for _ in range(args.block):
-                        stream.normal_(flat)
-                elif k == draws[1]:
-                    for _ in range(args.block):
-                        flat.normal_(generator=gen)
-                else:
-                    step = opts[k].step
-                    for _ in range(args.block):
-                        step()
-                dt = (time.perf_counter() - t0) / args.block
-                if rep:
-                    times[k].append(dt)
-        ref = np.array(times["SGD(momentum=0.9)"])
+        calls = {k: opt.step for k, opt in opts.items()}
+        calls["noise draw only: difflab stream"] = lambda: stream.normal_(flat)
+        calls["noise draw only: torch normal_"] = lambda: flat.normal_(generator=gen)
+        summary = summarise(interleave(calls, args.repeats, args.block), "SGD(momentum=0.9)")
         print(f"\nmode: {'foreach' if foreach else 'for-loop'}")
         print(f"{'optimizer':38s} {'median us':>10s} {'ratio':>7s}  95% CI")
-        for k, t in times.items():
-            r = np.array(t) / ref
-            lo, hi = bootstrap_ci(r, np.median)
-            print(f"{k:38s} {1e6 * np.median(t):10.1f} {np.median(r):7.2f}  [{lo:.2f}, {hi:.2f}]")
+        for k, s in summary.items():
+            lo, hi = s["ratio_ci"]
+            print(f"{k:38s} {1e6 * s['seconds']:10.1f} {s['ratio']:7.2f}  [{lo:.2f}, {hi:.2f}]")
         if args.model == "cifar10-cnn":
             whole_step(args, foreach, gen, n_train)
 
@@ -113,31 +98,33 @@ def main() -> None:
 def whole_step(args, foreach: bool, gen: torch.Generator, n_train: int) -> None:
     """Whole training step (forward + backward + step, batch 128) for the two headline arms."""
     opts = {}
-    whole = {k: [] for k in ("SGD(momentum=0.9)", "Langevin(langevin)")}
+    kinds = ("SGD(momentum=0.9)", "Langevin(langevin)")
     xb = torch.randn(128, 3, 32, 32, generator=gen)
     yb = torch.randint(0, 10, (128,), generator=gen)
     models = {}
-    for k in whole:
+    for k in kinds:
         torch.manual_seed(0)
         models[k] = build_model("cifar10-cnn")
         opts[k] = (torch.optim.SGD(models[k].parameters(), lr=0.01, momentum=0.9,
                                    foreach=foreach) if k.startswith("SGD") else
                    Langevin(models[k].parameters(), lr=0.01, temperature=1 / n_train,
                             foreach=foreach, seed=0))
-    for rep in range(args.repeats // 3 + 1):
-        for k in whole:
-            t0 = time.perf_counter()
-            for _ in range(10):
-                opts[k].zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(models[k](xb), yb).backward()
-                opts[k].step()
-            if rep:
-                whole[k].append((time.perf_counter() - t0) / 10)
-    r = np.array(whole["Langevin(langevin)"]) / np.array(whole["SGD(momentum=0.9)"])
-    lo, hi = bootstrap_ci(r, np.median)
+
+    def train_step(k):
+        def step():
+            opts[k].zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(models[k](xb), yb).backward()
+            opts[k].step()
+        return step
+
+    whole = summarise(interleave({k: train_step(k) for k in kinds},
+                                 max(1, args.repeats // 3), 10),
+                      "SGD(momentum=0.9)")
+    sgd, langevin = whole["SGD(momentum=0.9)"], whole["Langevin(langevin)"]
+    lo, hi = langevin["ratio_ci"]
     print(f"whole training step (fwd+bwd+step, batch 128): SGD(momentum=0.9) "
-          f"{1e3 * np.median(whole['SGD(momentum=0.9)']):.2f} ms, Langevin(langevin) "
-          f"{1e3 * np.median(whole['Langevin(langevin)']):.2f} ms, ratio {np.median(r):.3f} "
+          f"{1e3 * sgd['seconds']:.2f} ms, Langevin(langevin) "
+          f"{1e3 * langevin['seconds']:.2f} ms, ratio {langevin['ratio']:.3f} "
           f"[{lo:.3f}, {hi:.3f}]")
 
 

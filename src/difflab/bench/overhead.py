@@ -7,15 +7,12 @@ neighbouring blocks, and the reported ratio is the median over repeats with a bo
 """
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from difflab.bench.problems import build_model
 from difflab.bench.runner import ARMS, environment, make_optimizer
-from difflab.bench.stats import bootstrap_ci
+from difflab.timing import interleave, summarise
 
 
 def _state_bytes(opt) -> int:
@@ -50,38 +47,32 @@ def measure_overhead(problem: str, configs: dict[str, dict], n_train: int, repea
         for p in model.parameters():
             p.grad = torch.randn(p.shape, generator=gen) * 1e-3
         setups[arm] = (model, opt)
-    step_t = {a: [] for a in arms}
-    train_t = {a: [] for a in arms}
-    for rep in range(repeats + 1):       # repeat 0 is warm-up
-        for arm in arms:
-            model, opt = setups[arm]
-            t0 = time.perf_counter()
-            for _ in range(step_block):
-                opt.step()
-            dt_step = (time.perf_counter() - t0) / step_block
-            t0 = time.perf_counter()
-            for _ in range(train_block):
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(xb), yb).backward()
-                opt.step()
-            dt_train = (time.perf_counter() - t0) / train_block
-            if rep:
-                step_t[arm].append(dt_step)
-                train_t[arm].append(dt_train)
+    calls, blocks = {}, {}
+    for arm in arms:             # per repeat: arm 1's step() block, its training block, arm 2's ...
+        model, opt = setups[arm]
+
+        def train_step(model=model, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+
+        calls[arm, "step"], blocks[arm, "step"] = opt.step, step_block
+        calls[arm, "train"], blocks[arm, "train"] = train_step, train_block
+    times = interleave(calls, repeats, blocks)   # plus one warm-up repeat, discarded
+    step = summarise({a: times[a, "step"] for a in arms}, "sgd")
+    train = summarise({a: times[a, "train"] for a in arms}, "sgd")
     out = {"kind": "overhead", "key": f"overhead/{problem}", "problem": problem,
            "n_params": sum(p.numel() for p in setups["sgd"][0].parameters()),
            "batch_size": int(xb.shape[0]), "env": environment(threads), "arms": {}}
     for arm in arms:
-        s_ratio = np.array(step_t[arm]) / np.array(step_t["sgd"])
-        t_ratio = np.array(train_t[arm]) / np.array(train_t["sgd"])
         out["arms"][arm] = {
             "hparams": configs[arm],
-            "step_seconds": float(np.median(step_t[arm])),
-            "train_step_seconds": float(np.median(train_t[arm])),
-            "step_ratio": float(np.median(s_ratio)),
-            "step_ratio_ci": bootstrap_ci(s_ratio, np.median),
-            "train_step_ratio": float(np.median(t_ratio)),
-            "train_step_ratio_ci": bootstrap_ci(t_ratio, np.median),
+            "step_seconds": step[arm]["seconds"],
+            "train_step_seconds": train[arm]["seconds"],
+            "step_ratio": step[arm]["ratio"],
+            "step_ratio_ci": step[arm]["ratio_ci"],
+            "train_step_ratio": train[arm]["ratio"],
+            "train_step_ratio_ci": train[arm]["ratio_ci"],
             "state_bytes": _state_bytes(setups[arm][1]),
         }
     return out
