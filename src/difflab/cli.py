@@ -23,6 +23,13 @@ class UsageError(ValueError):
     """Bad command-line input; printed as one line."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors (unknown option, bad int, missing argument) as one line."""
+
+    def error(self, message):
+        self.exit(2, f"difflab: error: {self.prog}: {message}\n")
+
+
 # flag -> (config field, help). Type and default come from the config dataclass.
 TRAIN_FLAGS = {
     "--data": ("data.dataset", "data set: mnist, cifar10, digits or folder"),
@@ -74,6 +81,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty "
+                   "directory that is not a difflab run (refused otherwise)")
     p.set_defaults(func=cmd_train)
 
 
@@ -149,8 +158,9 @@ def add_bench_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="difflab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="difflab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=Parser)
     for add in (add_train_parser, add_sample_parser, add_eval_parser, add_bench_parser):
         add(sub)
     return parser
@@ -181,7 +191,7 @@ def cmd_train(args) -> int:
     from difflab.runs import train_run
 
     config = train_config(args)
-    report = train_run(config, resume=args.resume)
+    report = train_run(config, resume=args.resume, force=args.force)
     print(f"report: {report}")
     print(f"samples: {Path(config.loop.out) / 'samples.png'}")
     return 0
@@ -201,6 +211,11 @@ def check_sampling_args(args) -> None:
         raise UsageError(f"--steps must be at most {MAX_STEPS}, got {args.steps}")
     if args.guidance is not None and not 0 <= args.guidance < float("inf"):
         raise UsageError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    for name, suffix in (("out", ".png"), ("npz", ".npz"), ("json", ".json")):
+        path = getattr(args, name, None)
+        if path is not None and (Path(path).is_dir() or Path(path).suffix.lower() != suffix):
+            raise UsageError(f"--{name} {path}: give a file name ending in {suffix}"
+                             + (" (it is a directory)" if Path(path).is_dir() else ""))
 
 
 def cmd_sample(args) -> int:
@@ -238,6 +253,10 @@ def cmd_eval(args) -> int:
     from difflab.evaluation.metrics import MetricsError
 
     dataset, split = ev.parse_reference(args.ref)
+    check_sampling_args(args)
+    if args.nll_n < 1 or args.nll_steps < 1:
+        raise UsageError(f"--nll-n and --nll-steps must be at least 1, got {args.nll_n} and "
+                         f"{args.nll_steps}")
     if args.nll:
         return eval_nll(args, ev.load_split(dataset, split, args.data_dir))
     if args.n is not None and args.n < 2:
@@ -256,8 +275,11 @@ def cmd_eval(args) -> int:
     if path.is_dir() and (path / "checkpoint.json").is_file() or path.suffix == ".json":
         from difflab.runs import load
 
-        check_sampling_args(args)
         model = load(path)
+        channels, size = ev.SHAPES[dataset]
+        if model.shape.item != (channels, size, size):
+            raise MetricsError(f"{path}: the run makes images of shape {model.shape.item}; "
+                               f"{args.ref} needs {(channels, size, size)}")
         n = args.n or 1000
         print(f"sampling {n} images from {path} ...", file=sys.stderr, flush=True)
         images = model.generate(n, args.steps, args.sampler, args.guidance, args.seed).cpu()
@@ -279,10 +301,10 @@ def eval_nll(args, images) -> int:
 
     if args.samples is None:
         raise UsageError("--nll needs a run directory (or its checkpoint.json)")
-    if args.nll_n < 1 or args.nll_steps < 1:
-        raise UsageError(f"--nll-n and --nll-steps must be at least 1, got {args.nll_n} and "
-                         f"{args.nll_steps}")
     model = load(args.samples)
+    if model.shape.item != tuple(images.shape[1:]):
+        raise UsageError(f"{args.samples}: the run makes images of shape {model.shape.item}; "
+                         f"{args.ref} has {tuple(images.shape[1:])}")
     result = evaluate_nll(model.denoiser, images[:args.nll_n].to(model.device), steps=args.nll_steps,
                           seed=args.seed)
     print(f"NLL {result['nll_bpd']:.4f} ± {result['nll_bpd_stderr']:.4f} bits/dim "
@@ -322,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"difflab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("difflab: error: out of memory (lower --n, --batch-size or optim.batch_size)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("difflab: interrupted", file=sys.stderr)

@@ -123,48 +123,59 @@ def trajectory(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RESUMABLE_SECTIONS}
 
 
-def _coerce(section: str, name: str, current, value, optional: bool = False):
-    """Convert ``value`` to the type of the field's current value, or raise ConfigError."""
-    where = f"{section}.{name}"
-    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+def _parse(where: str, value, base: str):
+    """A string from the command line as JSON (numbers, lists, true/false), else an error."""
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, RecursionError):
+        raise ConfigError(f"{where}: cannot parse {value!r} as {base}") from None
+
+
+def _coerce(where: str, annotation: str, value):
+    """``value`` converted to the field's declared type (``annotation``, e.g. ``int | None``,
+    ``tuple[int, ...]``), or ConfigError naming the field and the value."""
+    optional = annotation.endswith("| None")
+    base = annotation.replace("| None", "").strip()
+    if optional and (value is None or (isinstance(value, str)
+                                       and value.strip().lower() in ("none", "null", ""))):
         return None
-    if isinstance(current, bool) or (current is None and isinstance(value, bool)):
+    if base == "bool":
+        text = str(value).strip().lower()
+        if isinstance(value, bool) or text in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value if isinstance(value, bool) else text in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if base in ("int", "float"):
         if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return bool(value)
-    if isinstance(value, str) and (isinstance(current, (int, float, tuple, list, dict))
-                                   or current is None):
-        if current is None and value.lower() in ("none", "null", ""):
-            return None
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            if current is None:
-                return value
-            raise ConfigError(f"{where}: cannot parse {value!r} as {type(current).__name__}") from None
-    if isinstance(current, tuple):
+            value = _parse(where, value, base)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected {'an integer' if base == 'int' else 'a number'}, "
+                              f"got {value!r}")
+        if base == "float":
+            return float(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if base.startswith("tuple["):
+        items = [t.strip() for t in base[len("tuple["):-1].split(",")]
+        if isinstance(value, str):
+            value = _parse(where, value, "a list")
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
-    if isinstance(current, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(current, int) and not isinstance(current, bool):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if current is not None and not isinstance(value, type(current)):
-        raise ConfigError(f"{where}: expected {type(current).__name__}, got {value!r}")
-    return value
+        if items[-1] != "..." and len(value) != len(items):
+            raise ConfigError(f"{where}: expected a list of {len(items)} values, got {value!r}")
+        return tuple(_coerce(f"{where}[{i}]", items[0], v) for i, v in enumerate(value))
+    raise ConfigError(f"{where}: unsupported field type {annotation}")  # pragma: no cover
 
 
-def update(config: TrainConfig, values: dict) -> TrainConfig:
+def update(config: TrainConfig, values: dict, where: str = "config") -> TrainConfig:
     """Set fields from a nested dict ``{section: {field: value}}``; unknown names are errors."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a table of config sections, got "
+                          f"{type(values).__name__}")
     for section, fields_ in values.items():
         if not hasattr(config, section) or not dataclasses.is_dataclass(getattr(config, section)):
             raise ConfigError(f"unknown config section {section!r} (choose from "
@@ -177,15 +188,14 @@ def update(config: TrainConfig, values: dict) -> TrainConfig:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         target = getattr(config, section)
-        types = {f.name: str(f.type) for f in dataclasses.fields(target)}
+        types = {f.name: str(f.type) for f in dataclasses.fields(target)}  # annotations as text
         for name, value in fields_.items():
             if section == "net" and name == "kind":
                 continue
             if name not in types:
                 raise ConfigError(f"unknown config field {section}.{name} "
                                   f"(valid: {', '.join(sorted(types))})")
-            setattr(target, name, _coerce(section, name, getattr(target, name), value,
-                                          optional="None" in types[name]))
+            setattr(target, name, _coerce(f"{section}.{name}", types[name], value))
     return config
 
 
@@ -205,12 +215,15 @@ def load_file(path: str | Path) -> dict:
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({getattr(e, 'strerror', None) or e})") from None
     try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ConfigError(f"{path}: invalid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
+    if not isinstance(values, dict) or not all(isinstance(v, dict) for v in values.values()):
+        raise ConfigError(f"{path}: expected a table of config sections, each a table of fields")
+    return values
 
 
 def from_dict(values: dict) -> TrainConfig:
@@ -219,7 +232,7 @@ def from_dict(values: dict) -> TrainConfig:
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Check ranges and names; raise ConfigError naming the field and value."""
-    from difflab.data import DATASETS
+    from difflab.data import DATASETS, MAX_IMAGE_SIZE
     from difflab.diffusion.denoiser import PARAMETERIZATIONS
     from difflab.diffusion.schedules import SCHEDULES, TRAINING_DENSITIES
 
@@ -235,6 +248,9 @@ def validate(config: TrainConfig) -> TrainConfig:
             check(not isinstance(value, float) or math.isfinite(value),
                   f"{section.name}.{fld.name}", value, "must be a finite number")
     check(f.dataset in DATASETS, "data.dataset", f.dataset, f"choose from {', '.join(DATASETS)}")
+    check(f.image_size is None or 4 <= f.image_size <= MAX_IMAGE_SIZE, "data.image_size",
+          f.image_size, f"must be in [4, {MAX_IMAGE_SIZE}] (or none: the data set's size)")
+    check(f.channels in (None, 1, 3), "data.channels", f.channels, "must be 1 or 3 (or none)")
     check(d.parameterization in PARAMETERIZATIONS, "diffusion.parameterization",
           d.parameterization, f"choose from {', '.join(PARAMETERIZATIONS)}")
     check(d.density in TRAINING_DENSITIES, "diffusion.density", d.density,
@@ -269,7 +285,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name in ("log_every", "sample_every", "checkpoint_every", "eval_n"):
         check(getattr(loop, name) >= 1, f"loop.{name}", getattr(loop, name), "must be at least 1")
     check(loop.eval_every >= 0, "loop.eval_every", loop.eval_every, "must be >= 0 (0 disables)")
-    check(smp.steps >= 1, "sample.steps", smp.steps, "must be at least 1")
+    from difflab.diffusion.generation import MAX_STEPS
+
+    check(1 <= smp.steps <= MAX_STEPS, "sample.steps", smp.steps, f"must be in [1, {MAX_STEPS}]")
     check(smp.final_samples >= 0, "sample.final_samples", smp.final_samples, "must be >= 0")
     check(smp.guidance >= 0, "sample.guidance", smp.guidance, "must be >= 0")
     from difflab.diffusion.generation import SAMPLERS

@@ -113,14 +113,14 @@ def make_training_evaluator(config: TrainConfig, precision: str):
     return evaluate_model
 
 
-def train_run(config: TrainConfig, resume: bool = False) -> Path:
+def train_run(config: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     """``difflab train``: train (scoring every ``loop.eval_every`` steps if set), then finish the
     run; returns the report's path."""
     evaluator = None
     if config.loop.eval_every:
         precision, _ = resolve_precision(config.run.precision, resolve_device(config.run.device))
         evaluator = make_training_evaluator(config, precision)
-    run_dir = train(config, resume=resume, evaluator=evaluator)
+    run_dir = train(config, resume=resume, evaluator=evaluator, force=force)
     return finish_run(run_dir)
 
 

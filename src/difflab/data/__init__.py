@@ -35,6 +35,8 @@ CIFAR10_FILES = {
 }
 CIFAR10_RECORD = 1 + 3 * 32 * 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MAX_IMAGE_PIXELS = 1 << 26   # 67 M pixels (8192 x 8192): larger input images are refused
+MAX_IMAGE_SIZE = 1024        # side of the training images after resizing
 
 
 class DataError(ValueError):
@@ -122,6 +124,11 @@ def load_mnist(data_dir=None, split: str = "train") -> tuple[np.ndarray, np.ndar
     label_path = _find_file(root, "mnist", label_stem)
     images = read_idx(image_path, 2051)
     labels = read_idx(label_path, 2049)
+    if images.shape[1:] != (28, 28) or images.shape[0] == 0:
+        raise DataError(f"{image_path.name}: header says {images.shape[0]} images of "
+                        f"{'x'.join(map(str, images.shape[1:]))} pixels; MNIST has 28x28 images")
+    if labels.ndim != 1:
+        raise DataError(f"{label_path.name}: labels must be 1-d, header says shape {labels.shape}")
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{label_path.name}: {labels.shape[0]} labels for "
                         f"{images.shape[0]} images in {image_path.name}")
@@ -170,6 +177,8 @@ def load_image_folder(folder, size: int, channels: int = 3) -> tuple[np.ndarray,
 
     if channels not in (1, 3):
         raise DataError(f"image folder: channels must be 1 or 3, got {channels}")
+    if not 1 <= size <= MAX_IMAGE_SIZE:
+        raise DataError(f"image folder: size must be in [1, {MAX_IMAGE_SIZE}], got {size}")
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
@@ -183,6 +192,10 @@ def load_image_folder(folder, size: int, channels: int = 3) -> tuple[np.ndarray,
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{path}: {im.width}x{im.height} pixels is more than the "
+                                    f"{MAX_IMAGE_PIXELS:,} an image may have (corrupt or a "
+                                    "decompression bomb?)")
                 im = im.convert("L" if channels == 1 else "RGB")
                 scale = size / min(im.size)
                 w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
@@ -190,7 +203,10 @@ def load_image_folder(folder, size: int, channels: int = 3) -> tuple[np.ndarray,
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
                 arr = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+                ValueError) as e:
+            if isinstance(e, DataError):
+                raise
             raise DataError(f"{path}: cannot decode image ({e})") from None
         out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
         labels[i] = class_names.index(path.parent.name) if labelled else -1

@@ -7,6 +7,9 @@ Training's sample grids, the end-of-run report, ``difflab sample``, ``difflab ev
 """
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 
 from difflab.device import autocast, model_device
@@ -20,6 +23,25 @@ SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "euler": sample_euler, "he
             "dpmpp-2m": sample_dpmpp_2m, "dpmpp-3m": sample_dpmpp_3m, "unipc": sample_unipc,
             "euler-maruyama": sample_euler_maruyama, "pc": sample_pc, "ald": sample_ald}
 MAX_STEPS = 10_000  # more steps than any sampler needs; bounds the time and memory of a call
+
+
+def machine_memory() -> int | None:
+    """Bytes of physical memory of this machine, or None where that is not known."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_sample_memory(n: int, item_shape) -> None:
+    """ValueError if ``n`` float32 samples (kept twice while batches are joined) would need more
+    than half of this machine's memory: refuse before allocating, rather than be killed."""
+    need = 8 * n * math.prod(item_shape)
+    memory = machine_memory()
+    if memory is not None and need > memory // 2:
+        raise ValueError(f"n={n}: {n} samples of shape {tuple(item_shape)} need "
+                         f"{need / 2**30:.1f} GiB, more than half of this machine's "
+                         f"{memory / 2**30:.0f} GiB; draw them in several calls")
 
 
 def get_sampler(name: str):
@@ -78,6 +100,9 @@ def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, st
     get_sampler(sampler)
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
+    check_sample_memory(n, item_shape)
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
     if class_label is not None and not 0 <= class_label < max(num_classes, 1):
         raise ValueError(f"class label {class_label}: the model has {num_classes or 'no'} classes")
     device = model_device(denoiser)

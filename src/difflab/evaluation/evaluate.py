@@ -17,6 +17,7 @@ import hashlib
 import os
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,7 @@ def evaluate_images(images: torch.Tensor, reference: str = "mnist-test", data_di
 # Loading samples
 # ----------------------------------------------------------------------------------------------
 
-def array_to_images(arr: np.ndarray, channels: int, what: str) -> torch.Tensor:
+def array_to_images(arr: np.ndarray, channels: int, what: str, size: int | None = None) -> torch.Tensor:
     """uint8 [0, 255] or float [0, 1] array, NCHW / NHWC / NHW -> float tensor in [-1, 1]."""
     if arr.ndim == 3:
         arr = arr[:, None]
@@ -169,12 +170,19 @@ def array_to_images(arr: np.ndarray, channels: int, what: str) -> torch.Tensor:
         arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     if arr.shape[1] != channels:
         raise MetricsError(f"{what}: expected {channels} channel(s), got shape {arr.shape}")
+    if size is not None and arr.shape[2:] != (size, size):
+        raise MetricsError(f"{what}: expected {size}x{size} images, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise MetricsError(f"{what}: no images (shape {arr.shape})")
     if arr.dtype == np.uint8:
         return to_float(arr)
     if not np.issubdtype(arr.dtype, np.floating):
         raise MetricsError(f"{what}: expected float32 in [0, 1] or uint8, got dtype {arr.dtype}")
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-    finite = x[torch.isfinite(x)]
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        raise MetricsError(f"{what}: {bad} of {len(x)} samples contain NaN or inf")
+    finite = x
     if finite.numel() and (finite.min() < -0.05 or finite.max() > 1.05):
         raise MetricsError(f"{what}: float samples must be in [0, 1], found range "
                            f"[{finite.min():.3g}, {finite.max():.3g}]")
@@ -191,14 +199,16 @@ def load_samples(path, dataset: str, n: int | None = None) -> torch.Tensor:
     if path.suffix in (".npz", ".npy"):
         try:
             data = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise MetricsError(f"{path}: cannot read ({e})") from None
-        if isinstance(data, np.lib.npyio.NpzFile):
-            keys = list(data.keys())
-            if "samples" not in keys and len(keys) != 1:
-                raise MetricsError(f"{path}: no 'samples' array (keys: {', '.join(keys)})")
-            data = data["samples" if "samples" in keys else keys[0]]
-        images = array_to_images(data[:n] if n else data, channels, str(path))
+            if isinstance(data, np.lib.npyio.NpzFile):
+                keys = list(data.keys())
+                if "samples" not in keys and len(keys) != 1:
+                    raise MetricsError(f"{path}: no 'samples' array (keys: {', '.join(keys)})")
+                data = data["samples" if "samples" in keys else keys[0]]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            if isinstance(e, MetricsError):
+                raise
+            raise MetricsError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+        images = array_to_images(data[:n] if n else data, channels, str(path), size)
     elif path.is_dir():
         pixels, _ = load_image_folder(path, size, channels)
         images = to_float(pixels[:n] if n else pixels)
@@ -207,6 +217,9 @@ def load_samples(path, dataset: str, n: int | None = None) -> torch.Tensor:
                            "folder, or a checkpoint run directory / checkpoint.json)")
     if n and len(images) < n:
         raise MetricsError(f"{path}: asked for --n {n} samples, found only {len(images)}")
+    if len(images) < 2:
+        raise MetricsError(f"{path}: FID needs at least 2 samples for the covariance, "
+                           f"found {len(images)}")
     return images
 
 

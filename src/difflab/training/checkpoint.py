@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,12 +19,49 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT = "difflab-checkpoint"
+WEIGHTS_NAME = re.compile(r"checkpoint-\d+\.safetensors")
+MARKER = ".difflab-run"  # written when a run starts, before its first checkpoint
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "report.md", "samples.png", "samples.npz",
+               "loss.png")
 VERSION = 2  # 2: config sections net/run/loop/sample and the data shape beside the config
 INDEX = "checkpoint.json"
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or corrupt; one line naming the file."""
+
+
+def claim_run_dir(out: Path, resume: bool, force: bool = False) -> None:
+    """Make ``out`` ready for a run, or raise ValueError without touching anything.
+
+    - A path that exists and is not a directory is an error.
+    - ``resume``: ``out`` must hold a checkpoint.
+    - A new run: a directory with a checkpoint is refused (pass resume); a directory holding
+      files of something else is refused unless ``force``; a run that was killed before its first
+      checkpoint (``MARKER`` but no checkpoint) is started again from a clean log.
+    Temporary files of checkpoint writes that a kill interrupted are removed."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a directory (choose another --out)")
+    has_checkpoint = (out / INDEX).is_file()
+    if resume and not has_checkpoint:
+        raise ValueError(f"{out}: no checkpoint to resume ({INDEX} not found); start it "
+                         "without --resume")
+    if has_checkpoint and not resume:
+        raise ValueError(f"{out}: run directory already has a checkpoint; pass --resume to "
+                         "continue it or choose another --out")
+    started = (out / MARKER).is_file()
+    if not resume and out.is_dir() and any(out.iterdir()) and not started and not force:
+        raise ValueError(f"{out}: directory is not empty and is not a difflab run (no {INDEX}); "
+                         "choose another --out, or pass --force to write into it")
+    if out.is_dir() and (has_checkpoint or started):
+        for stale in out.glob(".checkpoint*.tmp-*"):
+            stale.unlink(missing_ok=True)
+    if started and not has_checkpoint:  # killed before its first checkpoint: start clean
+        for name in RUN_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "samples", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -76,9 +115,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{index}: not a difflab checkpoint (format field is "
                               f"{info.get('format') if isinstance(info, dict) else None!r})")
-    for key in ("step", "weights", "config"):
+    for key, kind in (("step", int), ("weights", str), ("config", dict)):
         if key not in info:
             raise CheckpointError(f"{index}: missing field {key!r}")
+        if not isinstance(info[key], kind) or isinstance(info[key], bool):
+            raise CheckpointError(f"{index}: field {key!r} should be {kind.__name__}, got "
+                                  f"{info[key]!r:.60}")
+    if info["step"] < 0 or not WEIGHTS_NAME.fullmatch(info["weights"]):
+        raise CheckpointError(f"{index}: bad step {info['step']!r} or weights name "
+                              f"{info['weights']!r:.60} (expected checkpoint-<step>.safetensors)")
     weights = index.with_name(info["weights"])
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file named in {index.name} is missing")
@@ -126,6 +171,20 @@ def checkpoint_config(info: dict, where) -> tuple:
     return from_dict(config), DataShape.from_dict(shape, str(where))
 
 
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where) -> None:
+    """``module.load_state_dict(weights)``; CheckpointError naming ``where`` if they do not match
+    or are not finite."""
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{where}: weights contain NaN or inf ({bad[0]}"
+                              f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''})")
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{where}: weights do not match the config ({first})") from None
+
+
 def load_denoiser(path: str | Path, ema: bool = True):
     """(Denoiser in eval mode, TrainConfig, DataShape) from a checkpoint; EMA weights unless
     ``ema=False``."""
@@ -135,9 +194,5 @@ def load_denoiser(path: str | Path, ema: bool = True):
     config, shape = checkpoint_config(info, _index_path(path))
     denoiser = build_denoiser(config, shape)
     weights = sub_state(tensors, "ema" if ema and any(k.startswith("ema.") for k in tensors) else "model")
-    try:
-        denoiser.net.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{_index_path(path)}: weights do not match the config ({first})") from None
+    load_weights(denoiser.net, weights, _index_path(path))
     return denoiser.eval().requires_grad_(False), config, shape

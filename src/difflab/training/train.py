@@ -26,7 +26,8 @@ from difflab.diffusion.loss import denoising_loss
 from difflab.diffusion.schedules import make_alpha_bar, sample_training_sigma
 from difflab.evaluation.report import save_grid
 from difflab.progress import Progress
-from difflab.training.checkpoint import (INDEX, checkpoint_config, load_optimizer,
+from difflab.training.checkpoint import (INDEX, CheckpointError, checkpoint_config,
+                                         claim_run_dir, load_optimizer, load_weights,
                                          optimizer_tensors, read_checkpoint, save_checkpoint,
                                          sub_state)
 from difflab.training.ema import EMA
@@ -54,14 +55,13 @@ def prepare(config: TrainConfig):
     return data, shape, validate(config)
 
 
-def train(config: TrainConfig, resume: bool = False, evaluator=None) -> Path:
+def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool = False) -> Path:
+    """Train the model ``config`` describes in the run directory ``loop.out``; ``resume``
+    continues its checkpoint, ``force`` allows a non-empty directory that is not a run."""
     loop, opt_cfg, diff, run = config.loop, config.optim, config.diffusion, config.run
     out = Path(loop.out)
     if loop.threads:
         torch.set_num_threads(loop.threads)
-    if (out / INDEX).exists() and not resume:
-        raise ValueError(f"{out}: run directory already has a checkpoint; pass --resume to "
-                         "continue it or choose another --out")
     device = resolve_device(run.device)
     precision, precision_reason = resolve_precision(run.precision, device)
     data, shape, config = prepare(config)
@@ -75,7 +75,8 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None) -> Path:
     alpha_bar = make_alpha_bar(diff.schedule, diff.timesteps) if diff.density == "ddpm" else None
     step, train_seconds, last_checkpoint = 0, 0.0, None
 
-    if resume and (out / INDEX).exists():
+    claim_run_dir(out, resume, force)  # refuses, before writing anything, what is not ours
+    if resume:
         info, tensors = read_checkpoint(out)
         saved_config, saved_shape = checkpoint_config(info, out / INDEX)
         saved, now = trajectory(saved_config.to_dict()), trajectory(config.to_dict())
@@ -84,14 +85,18 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None) -> Path:
                              if saved.get(s, {}).get(k) != now[s][k]) or ["data shape"]
             raise ValueError(f"{out / INDEX}: cannot resume with changed settings "
                              f"({', '.join(changed)}); only the loop and sample sections may change")
-        denoiser.net.load_state_dict(sub_state(tensors, "model"))
-        ema.load_state_dict(sub_state(tensors, "ema"))
-        load_optimizer(optimizer, tensors, info["param_groups"])
-        generator.set_state(tensors["rng.train"])
-        torch.set_rng_state(tensors["rng.torch"])
-        step, train_seconds, last_checkpoint = info["step"], info["train_seconds"], out / INDEX
+        load_weights(denoiser.net, sub_state(tensors, "model"), out / INDEX)
+        load_weights(ema.model, sub_state(tensors, "ema"), out / INDEX)
+        try:
+            load_optimizer(optimizer, tensors, info["param_groups"])
+            generator.set_state(tensors["rng.train"])
+            torch.set_rng_state(tensors["rng.torch"])
+            step, train_seconds = info["step"], float(info["train_seconds"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{out / INDEX}: cannot restore the training state "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})") from None
+        last_checkpoint = out / INDEX
         _truncate_log(out / "metrics.jsonl", step)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     def checkpoint() -> Path:
@@ -177,6 +182,13 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log records written after the checkpoint we resume from."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the kill
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int) \
+                and record.get("step", 0) <= step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
