@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from difflab.bench.problems import build_model
-from difflab.bench.stats import bootstrap_ci
 from difflab.optim import Langevin
 from difflab.optim.cyclical import SamplingSchedule
 from difflab.optim.posterior import PosteriorCollector
 from difflab.optim.sgmcmc import (effective_sample_size, gaussian_stationary_covariance,
                                   sghmc_hyperparameters, sgld_hyperparameters)
+from difflab.timing import interleave, summarise
 
 with warnings.catch_warnings():                 # tensordict FutureWarnings on import
     warnings.simplefilter("ignore", FutureWarning)
@@ -243,19 +243,13 @@ def compare_speed(repeats: int, block_update: int, block_train: int, seed: int) 
     for label, ours, theirs, block in (("update", difflab_update, posteriors_update, block_update),
                                        ("train step (batch 32)", difflab_train, posteriors_train,
                                         block_train)):
-        ours(3), theirs(3)                                  # warm-up
-        t_ours, t_theirs = [], []
-        for r in range(repeats):
-            pair = ((ours, t_ours), (theirs, t_theirs))
-            for fn, sink in (pair if r % 2 == 0 else pair[::-1]):
-                t0 = time.perf_counter()
-                fn(block)
-                sink.append((time.perf_counter() - t0) / block)
-        ratios = np.array(t_ours) / np.array(t_theirs)
-        lo, hi = bootstrap_ci(ratios, statistic=np.median)
-        print(f"  {label:22s} difflab {np.median(t_ours) * 1e6:8.1f} us  posteriors "
-              f"{np.median(t_theirs) * 1e6:8.1f} us  ratio difflab/posteriors "
-              f"{np.median(ratios):.3f} [95% CI {lo:.3f}, {hi:.3f}]")
+        times = interleave({"difflab": lambda: ours(1), "posteriors": lambda: theirs(1)},
+                           repeats, block, alternate=True)
+        r = summarise(times, "posteriors")["difflab"]
+        lo, hi = r["ratio_ci"]
+        print(f"  {label:22s} difflab {np.median(times['difflab']) * 1e6:8.1f} us  posteriors "
+              f"{np.median(times['posteriors']) * 1e6:8.1f} us  ratio difflab/posteriors "
+              f"{r['ratio']:.3f} [95% CI {lo:.3f}, {hi:.3f}]")
 
 
 def main() -> None:
