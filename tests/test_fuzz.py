@@ -384,3 +384,30 @@ def test_bad_output_paths(run_dir, tmp_path, capsys):
         assert_standard(run_cli(argv, capsys), before)
     assert not (tmp_path / "r").exists() and not (tmp_path / "nothing").exists()
     assert sorted(p.name for p in a_dir.iterdir()) == ["notes.md"]
+
+
+def test_run_killed_before_its_first_checkpoint_restarts_clean(tmp_path, capsys):
+    from difflab.training.checkpoint import MARKER
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / MARKER).touch()  # what a run killed before its first checkpoint leaves behind
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n')
+    (out / "config.json").write_text("{}")
+    code, _, err = run_cli(["train", "--data", "digits", "--steps", "2", "--out", out,
+                            "--final-samples", "0", *TINY, "--set", "loop.log_every=1"], capsys)
+    assert code == 0, err
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and 9.0 not in losses and 8.0 not in losses
+
+
+def test_resume_removes_stale_checkpoint_temp_files(run_dir, tmp_path, capsys):
+    run = copy_run(run_dir, tmp_path / "r")
+    (run / ".difflab-run").touch()
+    stale = [run / ".checkpoint-00000004.safetensors.tmp-12345", run / ".checkpoint.json.tmp-12345"]
+    for path in stale:
+        path.write_bytes(b"\x00" * 1000)
+    code, _, err = run_cli(["train", "--data", "digits", "--steps", "3", "--out", run, "--resume",
+                            "--final-samples", "0", *TINY], capsys)
+    assert code == 0, err
+    assert not any(p.exists() for p in stale)
