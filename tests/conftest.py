@@ -27,5 +27,8 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
+    """Seed torch, and restore its thread count (in-process CLI calls with --threads set it)."""
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)

@@ -1,4 +1,6 @@
 """Training loop: checkpoints, exact resume after a kill, NaN guard, and the CLI end to end."""
+import contextlib
+import io
 import json
 import os
 import signal
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from difflab import cli
 from difflab.training.checkpoint import CheckpointError, load_denoiser, read_checkpoint, save_checkpoint
 from difflab.data.shape import DataShape
 from difflab.config import ConfigError, TrainConfig, from_dict, parse_overrides, update, validate
@@ -19,9 +22,15 @@ TINY = ["--set", "net.channels=16", "--set", "net.channel_mult=[1,2]", "--set", 
         "--no-bf16", "--threads", "1"]
 
 
-def difflab(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "difflab", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def difflab(*args):
+    """``difflab ARGS`` in this process (no interpreter start-up): returncode, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def tiny_config(out, steps=6):
@@ -29,7 +38,8 @@ def tiny_config(out, steps=6):
     update(config, parse_overrides(["data.dataset=digits", "net.channels=16", "net.channel_mult=[1,2]",
                                     "net.groups=4", "optim.batch_size=16", "run.precision=fp32",
                                     "loop.log_every=1", "loop.checkpoint_every=3", "loop.sample_every=1000",
-                                    f"loop.out={out}", f"loop.steps={steps}", "loop.minutes=none"]))
+                                    f"loop.out={out}", f"loop.steps={steps}", "loop.minutes=none",
+                                    "loop.threads=1"]))
     return validate(config)
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 
@@ -331,13 +333,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def one_line_warnings(default, message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` for the CLI: our own warnings (e.g. a skipped line of a bench
+    results file) as one line ``difflab: warning: ...``; others through ``default``."""
+    from difflab.bench.executors import RecordWarning
+
+    if issubclass(category, RecordWarning):
+        print(f"difflab: warning: {message}", file=sys.stderr)
+    else:
+        default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     from difflab.training.train import TrainingError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(one_line_warnings, warnings.showwarning)
+            return int(args.func(args) or 0)
     except (ValueError, TrainingError) as e:  # our errors: config, data, checkpoint, metrics
         print(f"difflab: error: {e}", file=sys.stderr)
         return 2

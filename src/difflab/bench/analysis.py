@@ -95,9 +95,25 @@ def _paired(base: list[dict], arm: list[dict], metric: str, target: float) -> np
     return np.array([[a[s], b[s]] for s in seeds if a[s] is not None and b[s] is not None], float)
 
 
+def check_one_sweep(parts: dict) -> None:
+    """ValueError unless the records are one sweep: one problem, the final runs on one
+    evaluation grid (records of different sweeps cannot be compared)."""
+    problems = sorted({r["problem"] for key in ("tune", "final", "overhead", "meta")
+                       for r in parts[key]})
+    if len(problems) > 1:
+        raise ValueError(f"records of several problems ({', '.join(problems)}); a report "
+                         "covers one sweep")
+    grids = {tuple(r["curve"]["epoch"]) for r in parts["final"]}
+    if len(grids) > 1:
+        raise ValueError(f"final runs of different lengths/evaluation points ({len(grids)} "
+                         "different curves); a report covers one sweep")
+
+
 def verdict_rows(records: list[dict]) -> dict:
-    """Everything the report prints: target, baseline, per-arm summaries and verdict rows."""
+    """Everything the report prints: target, baseline, per-arm summaries and verdict rows.
+    ``records`` are well-formed (``executors.read_records``)."""
     parts = split_records(records)
+    check_one_sweep(parts)
     finals = by_arm(parts["final"])
     base = strongest_baseline(finals)
     target = TARGET_FRACTION * float(np.median([final_val_acc(r) for r in finals[base]]))

@@ -39,8 +39,10 @@ class Budget:
 
 def get_budget(name: str, problem: str) -> Budget:
     """Budget by name; sizes are stated per problem where the data sets differ."""
-    full_train = {"cifar10-cnn": 45000, "mnist-mlp": 55000, "digits-mlp": 1297}[problem]
-    full_val = {"cifar10-cnn": 5000, "mnist-mlp": 5000, "digits-mlp": 250}[problem]
+    sizes = {"cifar10-cnn": (45000, 5000), "mnist-mlp": (55000, 5000), "digits-mlp": (1297, 250)}
+    if not isinstance(problem, str) or problem not in sizes:
+        raise ValueError(f"unknown problem {problem!r} (choose from {', '.join(sizes)})")
+    full_train, full_val = sizes[problem]
     if name == "quick":
         small, small_eval = min(2000, full_train), min(1000, full_val)
         return Budget("quick", 2, small, 2, small, 3, small_eval, small_eval, 1,

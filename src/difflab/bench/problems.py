@@ -103,7 +103,8 @@ def load_problem(name: str, data_dir: str | None = None, n_train: int | None = N
     for label, requested, available in (("n_train", n_train, len(train_idx)),
                                         ("n_val", n_val, len(val_idx)),
                                         ("n_test", n_test, len(test_labels))):
-        if requested is not None and not 0 < requested <= available:
+        if requested is not None and (not isinstance(requested, int) or isinstance(requested, bool)
+                                      or not 0 < requested <= available):
             raise ValueError(f"{name}: {label}={requested} outside 1..{available}")
     train_idx = train_idx[:n_train]
     val_idx = val_idx[:n_val]

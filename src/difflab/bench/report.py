@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from difflab.bench.analysis import ACC_MARGIN, REL_MARGIN, TARGET_FRACTION, verdict_rows
+from difflab.bench.analysis import (ACC_MARGIN, REL_MARGIN, TARGET_FRACTION, split_records,
+                                    verdict_rows)
 from difflab.bench.executors import read_records
 from difflab.bench.plan import final_val_acc
 
@@ -133,15 +134,34 @@ def _plots(result: dict, out: Path) -> list[str]:
 
 
 def write_report(results: str | Path, out: str | Path) -> Path:
-    """Read the JSONL results, write ``report.md`` and PNG plots into ``out``; return the path."""
-    records = read_records(results)
+    """Read the JSONL results, write ``report.md`` and PNG plots into ``out``; return the path.
+
+    Malformed lines and duplicate keys are handled by ``read_records`` (skipped / last wins,
+    with warnings) and listed at the end of the report; records that cannot make a report
+    (none, no final or tuning runs, several sweeps mixed) give a one-line ValueError naming the
+    file."""
+    issues: list[str] = []
+    records = read_records(results, issues)
     if not records:
-        raise ValueError(f"{results}: no result records")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+        skipped = f" ({len(issues)} malformed line(s) skipped)" if issues else ""
+        raise ValueError(f"{results}: no result records{skipped}")
+    try:
+        return _write_report(records, issues, Path(out))
+    except ValueError as e:
+        raise ValueError(f"{results}: {e}") from e
+    except (KeyError, IndexError, TypeError, ZeroDivisionError, AttributeError) as e:
+        # read_records validates every record, so this is a bug; still one line for the CLI
+        raise ValueError(f"{results}: cannot build a report from these records "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def _write_report(records: list[dict], issues: list[str], out: Path) -> Path:
+    if not split_records(records)["tune"]:
+        raise ValueError("no tuning records (the report needs the tuning phase)")
     result = verdict_rows(records)
-    plots = _plots(result, out)
     parts = result["parts"]
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(result, out)
     runs = parts["tune"] + parts["final"]
     env = runs[0]["env"]
     started = min(r["timing"]["started"] for r in runs)
@@ -234,6 +254,13 @@ def write_report(results: str | Path, out: str | Path) -> Path:
                 f"[{a['train_step_ratio_ci'][0]:.2f}, {a['train_step_ratio_ci'][1]:.2f}] | "
                 f"{a['state_bytes'] / 1024:.0f} |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if issues:
+        lines += ["## Results file problems", "",
+                  f"{len(issues)} problem(s) while reading the results file (malformed lines "
+                  "are skipped and their runs redone on resume; of duplicate keys the last "
+                  "well-formed record is used):", ""]
+        lines += [f"- {m}" for m in issues[:50]]
+        lines += ([f"- ... and {len(issues) - 50} more"] if len(issues) > 50 else []) + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

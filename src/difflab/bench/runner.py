@@ -29,6 +29,9 @@ from difflab.optim.normal import kernel_available
 ARMS = ("sgd", "momentum", "momentum_wd", "adam", "langevin", "tutorial", "sghmc", "annealed")
 BASELINES = ("sgd", "momentum", "momentum_wd", "adam")
 LANGEVIN_ARMS = ("langevin", "tutorial", "sghmc", "annealed")
+# the second hyperparameter each arm reads (all arms read lr)
+ARM_KNOBS = {"momentum_wd": "weight_decay", "langevin": "temperature_n", "tutorial": "noise_std",
+             "sghmc": "temperature_n", "annealed": "eta"}
 NOISE_SEED_OFFSET = 1_000_003
 SPIKE_FACTOR = 2.0      # a step loss above SPIKE_FACTOR x the running median is a spike
 SPIKE_WINDOW = 50
@@ -52,6 +55,36 @@ class RunSpec:
     threads: int = 1
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def __post_init__(self) -> None:
+        """A spec whose record ``executors.append_record`` would refuse fails here, before
+        its run (one-line ValueError naming the field and value)."""
+        def bad(name: str, rule: str):
+            raise ValueError(f"RunSpec: invalid {name} {getattr(self, name)!r} ({rule})")
+
+        if not isinstance(self.problem, str) or not self.problem:
+            bad("problem", "a non-empty string")
+        if self.arm not in ARMS:
+            bad("arm", f"choose from {', '.join(ARMS)}")
+        if self.phase not in ("tune", "grid", "final"):
+            bad("phase", "choose from tune, grid, final")
+        for name, lo in (("seed", 0), ("epochs", 1), ("batch_size", 1), ("evals_per_epoch", 1),
+                         ("threads", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                bad(name, f"an integer >= {lo}")
+        for name in ("n_train", "n_val", "n_test"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                bad(name, "an integer >= 1 or None")
+        pairs = self.hparams
+        if not isinstance(pairs, tuple) or not all(
+                isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                and isinstance(p[1], (int, float)) and not isinstance(p[1], bool)
+                and math.isfinite(p[1]) for p in pairs):
+            bad("hparams", "hp(name=finite number, ...)")
+        if not dict(pairs).get("lr", 0) > 0:
+            bad("hparams", "needs lr > 0")
+
     @property
     def key(self) -> str:
         d = asdict(self)
@@ -68,6 +101,10 @@ def hp(**kwargs) -> tuple:
 def make_optimizer(arm: str, params, hparams: dict, n_train: int, seed: int):
     """Arm name + hyperparameters -> optimizer. Temperatures of the Langevin arms are given as
     ``temperature_n = D * N`` (D = 1/N is the posterior temperature of a mean loss)."""
+    for name in ("lr", ARM_KNOBS.get(arm)):
+        if name is not None and name not in hparams:
+            raise ValueError(f"optimizer arm {arm!r} needs the hyperparameter {name!r} "
+                             f"(got {sorted(hparams)})")
     lr = hparams["lr"]
     noise_seed = seed + NOISE_SEED_OFFSET
     if arm == "sgd":

@@ -80,7 +80,7 @@ static inline void normal_pair(uint64_t z, float *c_out, float *s_out) {
 }
 
 /* gcc on x86-64: one clone per ISA level, picked at load time (DIFFLAB_NO_CLONES: one build for
- * the -march given, used by benchmarks/normal_kernel_isa.py) */
+ * the -march given, used by benchmarks/optim/normal_kernel_isa.py) */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(DIFFLAB_NO_CLONES)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else

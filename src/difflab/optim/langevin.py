@@ -12,7 +12,8 @@ momentum, annealed gradient noise and the pSGLD preconditioner, in ``torch.optim
 | ``gamma``        | gamma (Neelakantan et al. 2015) | decay exponent of the annealed gradient-noise variance |
 
 Noise is ONE standard-normal vector per group and step over all parameters of the group that
-have a gradient, in group order: the next ``sum(numel)`` elements of the optimizer's own
+have a gradient, in group order (a complex parameter counts as ``view_as_real``, i.e. two real
+elements per complex one): the next ``sum(numel)`` elements of the optimizer's own
 counter-based ``NormalStream`` (``normal.py``; by default), or one ``flat.normal_(generator)``
 split into views when a ``torch.Generator`` is passed. The stream lets a compiled kernel add
 ``std * xi`` straight into each parameter (or momentum buffer), which is what keeps ``step()``
@@ -25,6 +26,9 @@ for operation.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch.optim import Optimizer
@@ -34,21 +38,140 @@ from difflab.optim.normal import NormalStream
 NOISE_MODES = ("langevin", "constant", "annealed")
 PRECONDITIONERS = (None, "rmsprop")
 TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine")
+STATE_KEYS = ("momentum_buffer", "square_avg")   # the per-parameter state Langevin keeps
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"Langevin: invalid {name} {value!r} (choose from "
-                         f"{', '.join(repr(c) for c in choices)})")
+def _show(value) -> str:
+    """A short one-line repr of a value for an error message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def scheduled_temperature(group: dict, step: int) -> float:
+def _is_real(v) -> bool:
+    """A real number (int, float, NumPy scalar), not a bool."""
+    t = type(v)
+    if t is float or t is int:       # fast path: the ABC check costs ~1 us
+        return True
+    return t is not bool and isinstance(v, numbers.Real)
+
+
+def _is_int(v) -> bool:
+    t = type(v)
+    if t is int:
+        return True
+    return t is not bool and isinstance(v, numbers.Integral)
+
+
+def _number_in(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+    """Check: a real number in [lo, hi] (ends open as asked); NaN never passes; hi = inf
+    excludes inf."""
+    def ok(v) -> bool:
+        if not _is_real(v) or v != v:
+            return False
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open or hi == math.inf
+                                                    else v <= hi)
+    return ok
+
+
+def _one_of(choices):
+    strings = frozenset(c for c in choices if c is not None)
+    allow_none = None in choices
+
+    def ok(v) -> bool:   # no __eq__ of arbitrary objects (tensors, arrays) is ever called
+        return (v is None and allow_none) or (type(v) is str and v in strings)
+    return ok
+
+
+def _choices_text(choices) -> str:
+    return "choose from " + ", ".join(repr(c) for c in choices)
+
+
+_FINITE = "must be a finite number >= 0"
+# option -> (check, rule shown in the error); the order is the order of the checks
+_OPTION_RULES = {
+    "lr": (_number_in(0.0), _FINITE),
+    "temperature": (_number_in(0.0), _FINITE),
+    "noise": (_one_of(NOISE_MODES), _choices_text(NOISE_MODES)),
+    "momentum": (_number_in(0.0, 1.0, hi_open=True), "must be a number in [0, 1)"),
+    "dampening": (_number_in(0.0, 1.0), "must be a number in [0, 1]"),
+    "nesterov": (lambda v: v is True or v is False, "must be True or False"),
+    "weight_decay": (_number_in(0.0), _FINITE),
+    "preconditioner": (_one_of(PRECONDITIONERS), _choices_text(PRECONDITIONERS)),
+    "alpha": (_number_in(0.0, 1.0, hi_open=True), "must be a number in [0, 1)"),
+    "eps": (_number_in(0.0, lo_open=True), "must be a finite number > 0"),
+    "gamma": (_number_in(0.0), _FINITE),
+    "temperature_schedule": (_one_of(TEMPERATURE_SCHEDULES), _choices_text(TEMPERATURE_SCHEDULES)),
+    "temperature_end": (_number_in(0.0), _FINITE),
+    "schedule_steps": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
+    "foreach": (lambda v: v is None or v is True or v is False, "must be None, True or False"),
+    "step": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
+}
+OPTIONS = tuple(k for k in _OPTION_RULES if k != "step")
+_GET_OPTIONS = operator.itemgetter(*OPTIONS)
+_SCHEDULE_OPTIONS = ("temperature", "temperature_schedule", "temperature_end", "schedule_steps")
+
+
+def _check_options(group: Mapping, names, where: str = "") -> None:
+    """One-line ValueError naming the first missing or invalid option among ``names``."""
+    for name in names:
+        if name not in group:
+            missing = [n for n in names if n not in group]
+            raise ValueError(f"Langevin: {where}missing option(s) "
+                             f"{', '.join(map(repr, missing))}")
+        ok, rule = _OPTION_RULES[name]
+        value = group[name]
+        if not ok(value):
+            raise ValueError(f"Langevin: {where}invalid {name} {_show(value)} ({rule})")
+    if ("temperature_schedule" in names or "schedule_steps" in names) \
+            and group.get("temperature_schedule", "constant") != "constant" \
+            and group.get("schedule_steps", 0) <= 0:
+        raise ValueError(f"Langevin: {where}temperature_schedule "
+                         f"{group['temperature_schedule']!r} needs schedule_steps > 0 "
+                         f"(got {group['schedule_steps']!r})")
+
+
+def _check_group(group: Mapping, where: str = "", with_step: bool = True,
+                 names: tuple | None = None) -> None:
+    """Validate every option of a param group (or only ``names``) and the relations between
+    them."""
+    if names is None:
+        names = (*OPTIONS, "step") if with_step else OPTIONS
+    _check_options(group, names, where)
+    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        raise ValueError(f"Langevin: {where}nesterov requires momentum > 0 and zero dampening "
+                         f"(got momentum {group['momentum']!r}, dampening {group['dampening']!r})")
+    hot = group["temperature"] > 0 or (group["temperature_schedule"] != "constant"
+                                       and group["temperature_end"] > 0)
+    if hot and group["noise"] == "langevin" and group["momentum"] != 0 and group["lr"] == 0:
+        raise ValueError(f"Langevin: {where}invalid lr {_show(group['lr'])} (momentum noise "
+                         f"needs lr > 0 when the temperature is > 0)")
+
+
+def scheduled_temperature(group: Mapping, step: int) -> float:
     """Temperature D_t of a param group at (0-based) step ``step``.
 
     ``constant``: D. ``linear``/``cosine``: from D to ``temperature_end`` over ``schedule_steps``
-    steps, then ``temperature_end``.
+    steps, then ``temperature_end``. Invalid inputs raise a one-line ValueError.
     """
-    d0, kind = group["temperature"], group["temperature_schedule"]
+    if not isinstance(group, Mapping):
+        raise ValueError(f"scheduled_temperature: group must be a dict of options, got "
+                         f"{type(group).__name__}")
+    if "temperature_schedule" not in group:            # constant
+        names = _SCHEDULE_OPTIONS[:1]
+    elif isinstance(group["temperature_schedule"], str) \
+            and group["temperature_schedule"] == "constant":
+        names = _SCHEDULE_OPTIONS[:2]
+    else:                                              # (an invalid name is reported here)
+        names = _SCHEDULE_OPTIONS
+    _check_options(group, names)
+    if not _is_int(step) or step < 0:
+        raise ValueError(f"scheduled_temperature: invalid step {_show(step)} "
+                         "(must be an integer >= 0)")
+    return _scheduled_temperature(group, step)
+
+
+def _scheduled_temperature(group: Mapping, step: int) -> float:
+    d0, kind = group["temperature"], group.get("temperature_schedule", "constant")
     if kind == "constant":
         return d0
     d1, total = group["temperature_end"], group["schedule_steps"]
@@ -99,12 +222,30 @@ class Langevin(Optimizer):
     Temperature schedule per group: ``temperature_schedule`` in ``constant | linear | cosine``
     goes from ``temperature`` to ``temperature_end`` over ``schedule_steps`` steps.
 
+    Complex parameters are pairs of real parameters, as in ``torch.optim`` (Adam and RMSprop
+    work on ``torch.view_as_real``; SGD's complex arithmetic with real scalars is the same per
+    part): the real and the imaginary part each receive the noise a real parameter receives
+    (in ``"langevin"`` mode variance ``2 * lr * D`` per part, i.e. ``E|xi|^2 = 2`` per complex
+    element; annealed gradient noise likewise per part), a complex element consumes two
+    consecutive elements of the unit noise (real part first), and the pSGLD average ``V`` is
+    kept per part (``g*g`` of ``view_as_real``, not the complex square). Drift, weight decay and
+    momentum use the same complex operations as ``torch.optim.SGD``, so the temperature-0
+    equality with SGD below holds for complex parameters too. All of this holds for both noise
+    sources and both implementations; the state tensors stay complex like the parameter.
+
     Noise comes from the optimizer's own generator, never from the global RNG: a
     ``NormalStream`` seeded with ``seed`` (random if None), or the ``torch.Generator`` passed
     as ``generator`` (any device; slower on CPU). Its state is part of ``state_dict()``.
     ``foreach=None`` selects the ``torch._foreach_*`` path; ``foreach=False`` the plain loop.
     With an effective temperature of 0 the result equals ``torch.optim.SGD`` with the same
     ``lr, momentum, dampening, nesterov, weight_decay`` bit for bit.
+
+    Every option of every param group is validated (constructor, ``add_param_group``,
+    ``load_state_dict`` and again at each ``step``, since schedulers edit groups): NaN/inf,
+    negative or out-of-range values and wrong types raise a one-line ``ValueError`` naming the
+    option and the value, before anything is changed. ``add_param_group`` works as in
+    ``torch.optim`` (missing options filled in from the defaults, per-parameter state created
+    lazily on the first step that has a gradient).
     """
 
     def __init__(self, params, lr: float = 1e-3, temperature: float = 0.0, *,
@@ -115,44 +256,37 @@ class Langevin(Optimizer):
                  temperature_end: float = 0.0, schedule_steps: int = 0,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  foreach: bool | None = None):
-        if lr < 0:
-            raise ValueError(f"Langevin: invalid lr {lr} (must be >= 0)")
-        if temperature < 0 or temperature_end < 0:
-            raise ValueError(f"Langevin: invalid temperature {temperature}/{temperature_end} "
-                             "(must be >= 0)")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"Langevin: invalid momentum {momentum} (must be in [0, 1))")
-        if weight_decay < 0:
-            raise ValueError(f"Langevin: invalid weight_decay {weight_decay} (must be >= 0)")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Langevin: nesterov requires momentum > 0 and zero dampening")
-        if not 0.0 <= alpha < 1.0 or eps <= 0:
-            raise ValueError(f"Langevin: invalid alpha {alpha} or eps {eps}")
-        _check_choice("noise", noise, NOISE_MODES)
-        _check_choice("preconditioner", preconditioner, PRECONDITIONERS)
-        _check_choice("temperature_schedule", temperature_schedule, TEMPERATURE_SCHEDULES)
-        if temperature_schedule != "constant" and schedule_steps <= 0:
-            raise ValueError("Langevin: a temperature schedule needs schedule_steps > 0")
         if generator is not None and seed is not None:
             raise ValueError("Langevin: pass either seed or generator, not both")
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"Langevin: invalid seed {_show(seed)} (must be an integer or None)")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"Langevin: invalid generator {_show(generator)} (must be a "
+                             "torch.Generator or None)")
         defaults = dict(lr=lr, temperature=temperature, noise=noise, momentum=momentum,
                         dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
                         preconditioner=preconditioner, alpha=alpha, eps=eps, gamma=gamma,
                         temperature_schedule=temperature_schedule,
                         temperature_end=temperature_end, schedule_steps=schedule_steps,
                         foreach=foreach)
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            _check_choice("noise", group["noise"], NOISE_MODES)
-            _check_choice("preconditioner", group["preconditioner"], PRECONDITIONERS)
-            _check_choice("temperature_schedule", group["temperature_schedule"],
-                          TEMPERATURE_SCHEDULES)
-            if group["temperature_schedule"] != "constant" and group["schedule_steps"] <= 0:
-                raise ValueError("Langevin: a temperature schedule needs schedule_steps > 0")
-            group.setdefault("step", 0)
+        _check_group(defaults, with_step=False)
         self.generator = generator
         self.noise_stream = NormalStream(seed) if generator is None else None
         self._flat_noise: dict[int, torch.Tensor] = {}
+        super().__init__(params, defaults)     # calls add_param_group for every group
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a param group as ``torch.optim.Optimizer.add_param_group`` does (options not
+        given are taken from the defaults; state is created lazily), after validating every
+        option of the resulting group; a bad group raises ValueError and is not added."""
+        index = len(self.param_groups)
+        if isinstance(param_group, Mapping):
+            given = {k: v for k, v in param_group.items() if k != "params"}
+            merged = {**self.defaults, **given}
+            merged.setdefault("step", 0)
+            _check_group(merged, f"param group {index}: " if given or index else "")
+        super().add_param_group(param_group)
+        self.param_groups[-1].setdefault("step", 0)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -164,58 +298,192 @@ class Langevin(Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state saved by ``Langevin.state_dict``. Anything else (another optimizer's
+        state, other group count or sizes, missing or invalid options, per-parameter state of
+        the wrong kind/shape/type or not finite, another noise source) raises a one-line
+        ValueError and leaves the optimizer unchanged."""
+        source = self._check_state_dict(state_dict)
         state_dict = dict(state_dict)
-        stream_state = state_dict.pop("noise_stream", None)
-        generator_state = state_dict.pop("generator_state", None)
-        has_source = stream_state is not None or generator_state is not None
-        if has_source and (stream_state is not None) != (self.generator is None):
+        source_state = state_dict.pop(source)
+        saved = (self.state, self.param_groups)
+        try:
+            super().load_state_dict(state_dict)
+            if source == "noise_stream":
+                self.noise_stream.load_state_dict(source_state)
+            else:
+                self.generator.set_state(source_state)
+        except Exception:
+            self.state, self.param_groups = saved       # nothing half-loaded
+            raise
+        self._flat_noise.clear()
+
+    def _check_state_dict(self, sd) -> str:
+        """Validate a state dict against this optimizer; return its noise-source key."""
+        if not isinstance(sd, Mapping):
+            raise ValueError(f"Langevin: state_dict must be a dict, got {type(sd).__name__}")
+        source = "noise_stream" if self.generator is None else "generator_state"
+        other = "generator_state" if self.generator is None else "noise_stream"
+        if other in sd:
             raise ValueError("Langevin: the state_dict's noise source (seed/stream or "
                              "torch.Generator) differs from this optimizer's")
-        super().load_state_dict(state_dict)
-        if stream_state is not None:
-            self.noise_stream.load_state_dict(stream_state)
-        if generator_state is not None:
-            self.generator.set_state(generator_state)
+        missing = [k for k in ("state", "param_groups", source) if k not in sd]
+        if missing:
+            raise ValueError(f"Langevin: state_dict is not a Langevin optimizer's state: missing "
+                             f"key(s) {', '.join(map(repr, missing))}")
+        extra = sorted(str(k) for k in sd if k not in ("state", "param_groups", source))
+        if extra:
+            raise ValueError(f"Langevin: state_dict has unexpected key(s) "
+                             f"{', '.join(map(repr, extra))}")
+        groups = sd["param_groups"]
+        if not isinstance(groups, Sequence) or isinstance(groups, (str, bytes)):
+            raise ValueError(f"Langevin: state_dict['param_groups'] must be a list, got "
+                             f"{type(groups).__name__}")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"Langevin: state_dict has {len(groups)} param group(s), this "
+                             f"optimizer {len(self.param_groups)}")
+        id_to_param, seen = {}, set()
+        for i, (g, own) in enumerate(zip(groups, self.param_groups)):
+            where = f"state_dict param group {i}: "
+            if not isinstance(g, Mapping):
+                raise ValueError(f"Langevin: {where}must be a dict, got {type(g).__name__}")
+            ids = g.get("params")
+            if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)) \
+                    or not all(_is_int(k) for k in ids):
+                raise ValueError(f"Langevin: {where}'params' must be a list of integer ids, got "
+                                 f"{_show(ids)}")
+            if len(ids) != len(own["params"]):
+                raise ValueError(f"Langevin: {where}has {len(ids)} parameter(s), this "
+                                 f"optimizer's group {len(own['params'])}")
+            if seen.intersection(ids) or len(set(ids)) != len(ids):
+                raise ValueError(f"Langevin: {where}repeats a parameter id")
+            seen.update(ids)
+            id_to_param.update(zip(ids, own["params"]))
+            _check_group(g, where)
+        state = sd["state"]
+        if not isinstance(state, Mapping):
+            raise ValueError(f"Langevin: state_dict['state'] must be a dict, got "
+                             f"{type(state).__name__}")
+        for k, entry in state.items():
+            where = f"state_dict state of parameter {k!r}: "
+            if k not in id_to_param:
+                raise ValueError(f"Langevin: {where}no such parameter id in param_groups")
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"Langevin: {where}must be a dict, got {type(entry).__name__}")
+            unknown = [str(name) for name in entry if name not in STATE_KEYS]
+            if unknown:
+                raise ValueError(f"Langevin: {where}unexpected entr(y/ies) "
+                                 f"{', '.join(map(repr, unknown))} (another optimizer's state?)")
+            p = id_to_param[k]
+            for name, value in entry.items():
+                if value is None and name == "momentum_buffer":
+                    continue
+                if not torch.is_tensor(value) or not (value.is_floating_point()
+                                                      or value.is_complex()):
+                    raise ValueError(f"Langevin: {where}{name} must be a floating-point tensor, "
+                                     f"got {_show(value)}")
+                if value.shape != p.shape or value.is_complex() != p.is_complex():
+                    raise ValueError(f"Langevin: {where}{name} has shape {tuple(value.shape)} "
+                                     f"{value.dtype}, the parameter {tuple(p.shape)} {p.dtype}")
+                if not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"Langevin: {where}{name} contains NaN or inf")
+                if name == "square_avg" and bool((value < 0).any()):
+                    raise ValueError(f"Langevin: {where}square_avg has negative entries")
+        if source == "noise_stream":
+            NormalStream.check_state(sd[source], "Langevin: state_dict['noise_stream']")
+        else:
+            gs = sd[source]
+            if not torch.is_tensor(gs) or gs.dtype != torch.uint8:
+                raise ValueError(f"Langevin: state_dict['generator_state'] must be a uint8 "
+                                 f"tensor, got {_show(gs)}")
+            try:
+                torch.Generator(device=self.generator.device).set_state(gs)
+            except (RuntimeError, TypeError, ValueError) as e:
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ValueError(f"Langevin: state_dict['generator_state'] does not fit this "
+                                 f"optimizer's {self.generator.device} generator ({message})") \
+                    from None
+        return source
+
+    def _check_group_at_step(self, index: int, group: dict) -> None:
+        """_check_group for step(): options whose value object changed since the last check
+        of this group (schedulers assign new numbers) are checked again, then the relations."""
+        checked = self.__dict__.setdefault("_checked", {})
+        try:
+            values = _GET_OPTIONS(group)
+        except KeyError:
+            values = None
+        t = group.get("step")
+        previous = checked.get(index)
+        if values is None or type(t) is not int or t < 0 or previous is None \
+                or previous[0] is not group:
+            _check_group(group, f"param group {index}: ")
+        elif not all(map(operator.is_, values, previous[1])):
+            changed = tuple(n for n, v, w in zip(OPTIONS, values, previous[1]) if v is not w)
+            _check_group(group, f"param group {index}: ", names=changed)
+        else:
+            return
+        checked[index] = (group, values)
 
     # -- noise ---------------------------------------------------------------------------------
-    def _group_noise(self, index: int, params: list[torch.Tensor]) -> "_GroupNoise":
-        """This step's unit noise for one group: the next ``sum(numel)`` elements."""
-        sizes = [p.numel() for p in params]
+    def _group_noise(self, index: int, params: list[torch.Tensor],
+                     has_complex: bool) -> "_GroupNoise":
+        """This step's unit noise for one group: the next ``sum(numel)`` elements (numel of
+        ``view_as_real`` for complex parameters)."""
+        reals = [_real(p) for p in params] if has_complex else params
+        sizes = [p.numel() for p in reals]
         if self.generator is None:
-            return _GroupNoise(params, sizes, self.noise_stream.reserve(sum(sizes)),
-                               stream=self.noise_stream)
-        dtype, device = params[0].dtype, params[0].device
-        if any(p.dtype != dtype or p.device != device for p in params):
-            raise ValueError("Langevin: with a torch.Generator all parameters of a group must "
-                             "share dtype and device")
+            return _GroupNoise(reals, sizes, self.noise_stream.reserve(sum(sizes)),
+                               stream=self.noise_stream, has_complex=has_complex)
+        dtype, device = reals[0].dtype, reals[0].device
         flat = self._flat_noise.get(index)
         if flat is None or flat.numel() != sum(sizes) or flat.dtype != dtype:
             flat = torch.empty(sum(sizes), dtype=dtype, device=self.generator.device)
             self._flat_noise[index] = flat
         flat.normal_(generator=self.generator)
-        return _GroupNoise(params, sizes, 0, flat=flat.to(device))
+        return _GroupNoise(reals, sizes, 0, flat=flat.to(device), has_complex=has_complex)
 
     # -- step ----------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
-        """One update of every param group; returns the closure's loss if a closure is given."""
+        """One update of every param group; returns the closure's loss if a closure is given.
+
+        Every group is checked (options, gradients) before any parameter, state or step
+        counter changes, so a ValueError leaves the optimizer as it was."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        plan = []
         for index, group in enumerate(self.param_groups):
-            params, grads = [], []
-            for p in group["params"]:
-                if p.grad is not None:
-                    params.append(p)
-                    grads.append(p.grad)
+            self._check_group_at_step(index, group)
+            params = [p for p in group["params"] if p.grad is not None]
             t = group["step"]
-            group["step"] = t + 1
             if not params:
+                plan.append((index, group, t, None, None, 0.0, None, False))
                 continue
-            if any(g.is_sparse for g in grads):
-                raise ValueError("Langevin: sparse gradients are not supported")
-            temperature = scheduled_temperature(group, t)
+            grads = [p.grad for p in params]
+            has_complex = False
+            for g in grads:     # one pass: sparse gradients (refused), complex ones
+                if g.layout is not torch.strided or g.dtype.is_complex:
+                    if g.layout is not torch.strided:
+                        raise ValueError("Langevin: sparse gradients are not supported")
+                    has_complex = True
+            if has_complex:
+                if any(p.is_conj() for p in params):
+                    raise ValueError("Langevin: conjugate views as parameters are not supported")
+                grads = [g.resolve_conj() for g in grads]     # view_as_real needs resolved
+            temperature = _scheduled_temperature(group, t)
+            scales = _noise_scales(group, temperature, t)
+            if temperature > 0 and self.generator is not None:
+                dtype, device = params[0].dtype.to_real(), params[0].device
+                if any(p.dtype.to_real() != dtype or p.device != device for p in params):
+                    raise ValueError("Langevin: with a torch.Generator all parameters of a group "
+                                     "must share (real) dtype and device")
+            plan.append((index, group, t, params, grads, temperature, scales, has_complex))
+        for index, group, t, params, grads, temperature, scales, has_complex in plan:
+            group["step"] = t + 1
+            if params is None:
+                continue
             if group["momentum"] != 0 or group["preconditioner"] is not None:
                 states = [self.state[p] for p in params]
                 for p, state in zip(params, states):  # lazy per-parameter state
@@ -226,21 +494,34 @@ class Langevin(Optimizer):
                             p, memory_format=torch.preserve_format)
             else:
                 states = [None] * len(params)    # plain SGLD keeps no per-parameter state
-            noise = self._group_noise(index, params) if temperature > 0 else None
+            noise = self._group_noise(index, params, has_complex) if temperature > 0 else None
             foreach = group["foreach"] is not False
             update = _foreach_update if foreach else _reference_update
-            update(params, grads, states, noise, group, temperature, t)
+            update(params, grads, states, noise, group, scales)
         return loss
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """``view_as_real`` of a complex tensor (sharing memory), a real tensor itself."""
+    return torch.view_as_real(t) if t.dtype.is_complex else t
+
+
+def _complex_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_real``: a real tensor computed on ``_real(like)`` back in like's dtype."""
+    return torch.view_as_complex(t.contiguous()) if like.dtype.is_complex else t
 
 
 class _GroupNoise:
     """Unit noise xi ~ N(0, I) of one group for one step, element j of parameter i being
     element ``start + offset_i + j`` of either the optimizer's ``NormalStream`` (added by the
-    kernel without a buffer) or a flat ``torch.Generator`` draw (``flat``, start 0)."""
+    kernel without a buffer) or a flat ``torch.Generator`` draw (``flat``, start 0). ``params``
+    are the real views of the group's parameters (complex ones through ``view_as_real``); the
+    targets given to ``add_``/``add_all_`` may be complex and are viewed the same way."""
 
-    def __init__(self, params, sizes, start, *, stream=None, flat=None):
+    def __init__(self, params, sizes, start, *, stream=None, flat=None, has_complex=False):
         self.params, self.sizes, self.start = params, sizes, start
         self.stream, self.flat = stream, flat
+        self.has_complex = has_complex
         self._starts = self._unit = None
 
     @property
@@ -252,7 +533,7 @@ class _GroupNoise:
         return self._starts
 
     def unit(self) -> list[torch.Tensor]:
-        """xi as tensors shaped like the parameters."""
+        """xi as real tensors shaped like the (real views of the) parameters."""
         if self._unit is None:
             flat, base = self.flat, 0
             if flat is None:                  # one kernel call for the group, then views
@@ -264,6 +545,8 @@ class _GroupNoise:
 
     def add_(self, i: int, t: torch.Tensor, std: float) -> None:
         """t += std * xi_i."""
+        if self.has_complex:
+            t = _real(t)
         if self.flat is None:
             self.stream.add_([t], std, self.starts[i])
         else:
@@ -271,6 +554,8 @@ class _GroupNoise:
 
     def add_all_(self, tensors: list[torch.Tensor], std: float) -> None:
         """tensors[i] += std * xi_i for every parameter i."""
+        if self.has_complex:
+            tensors = [_real(t) for t in tensors]
         if self.flat is None:
             self.stream.add_(tensors, std, self.start, self.sizes)
         else:
@@ -293,11 +578,13 @@ def _noise_scales(group: dict, temperature: float, t: int) -> tuple[float, float
     return 0.0, 0.0, math.sqrt(2.0 * lr * temperature)
 
 
-def _reference_update(params, grads, states, noise, group, temperature, t) -> None:
-    """Plain per-parameter loop (the readable definition)."""
+def _reference_update(params, grads, states, noise, group, scales) -> None:
+    """Plain per-parameter loop (the readable definition). Complex tensors use complex
+    arithmetic where ``torch.optim.SGD`` does (drift, weight decay, momentum) and their
+    ``view_as_real`` for the noise and the per-part RMSprop average."""
     lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
     dampening, nesterov = group["dampening"], group["nesterov"]
-    grad_std, buf_std, param_std = _noise_scales(group, temperature, t)
+    grad_std, buf_std, param_std = scales
     precondition = group["preconditioner"] == "rmsprop"
     # pSGLD scales the Langevin noise by sqrt(G): that noise needs the unit tensors
     scale_noise = precondition and noise is not None and group["noise"] == "langevin"
@@ -309,10 +596,10 @@ def _reference_update(params, grads, states, noise, group, temperature, t) -> No
             noise.add_(i, g, grad_std)
         scaled_xi = None                                 # sqrt(G) * xi when preconditioned
         if precondition:
-            v = state["square_avg"]
-            v.mul_(group["alpha"]).addcmul_(g, g, value=1 - group["alpha"])
+            v, gr = _real(state["square_avg"]), _real(g)
+            v.mul_(group["alpha"]).addcmul_(gr, gr, value=1 - group["alpha"])
             denom = v.sqrt().add_(group["eps"])          # 1 / G
-            g = g.div(denom)
+            g = _complex_like(gr.div(denom), g)
             if scale_noise:
                 scaled_xi = noise.unit()[i].div(denom.sqrt())
         if mu != 0:
@@ -326,20 +613,20 @@ def _reference_update(params, grads, states, noise, group, temperature, t) -> No
                 if scaled_xi is None:
                     noise.add_(i, buf, buf_std)
                 else:
-                    buf.add_(scaled_xi, alpha=buf_std)
+                    _real(buf).add_(scaled_xi, alpha=buf_std)
             g = g.add(buf, alpha=mu) if nesterov else buf
         p.add_(g, alpha=-lr)
         if param_std != 0 and scaled_xi is not None:
-            p.add_(scaled_xi, alpha=param_std)
+            _real(p).add_(scaled_xi, alpha=param_std)
     if param_std != 0 and not scale_noise:
         noise.add_all_(params, param_std)   # theta += std * xi_i for every i, in one call
 
 
-def _foreach_update(params, grads, states, noise, group, temperature, t) -> None:
+def _foreach_update(params, grads, states, noise, group, scales) -> None:
     """The same update with ``torch._foreach_*`` kernels (one call per operation and group)."""
     lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
     dampening, nesterov = group["dampening"], group["nesterov"]
-    grad_std, buf_std, param_std = _noise_scales(group, temperature, t)
+    grad_std, buf_std, param_std = scales
     if wd != 0:
         grads = torch._foreach_add(grads, params, alpha=wd)
     if grad_std != 0:
@@ -347,12 +634,19 @@ def _foreach_update(params, grads, states, noise, group, temperature, t) -> None
         noise.add_all_(grads, grad_std)
     scaled_xis = None
     if group["preconditioner"] == "rmsprop":
+        has_complex = noise.has_complex if noise is not None else any(
+            p.dtype.is_complex for p in params)
         squares = [s["square_avg"] for s in states]
+        real_grads = grads
+        if has_complex:
+            squares, real_grads = [_real(s) for s in squares], [_real(g) for g in grads]
         torch._foreach_mul_(squares, group["alpha"])
-        torch._foreach_addcmul_(squares, grads, grads, value=1 - group["alpha"])
+        torch._foreach_addcmul_(squares, real_grads, real_grads, value=1 - group["alpha"])
         denoms = torch._foreach_sqrt(squares)
         torch._foreach_add_(denoms, group["eps"])
-        grads = torch._foreach_div(grads, denoms)
+        real_grads = torch._foreach_div(real_grads, denoms)
+        grads = [_complex_like(r, g) for r, g in zip(real_grads, grads)] if has_complex \
+            else real_grads
         if noise is not None and group["noise"] == "langevin":
             scaled_xis = torch._foreach_div(noise.unit(), torch._foreach_sqrt(denoms))
     if mu != 0:
@@ -372,11 +666,11 @@ def _foreach_update(params, grads, states, noise, group, temperature, t) -> None
             if scaled_xis is None:
                 noise.add_all_(bufs, buf_std)
             else:
-                torch._foreach_add_(bufs, scaled_xis, alpha=buf_std)
+                torch._foreach_add_([_real(b) for b in bufs], scaled_xis, alpha=buf_std)
         grads = torch._foreach_add(grads, bufs, alpha=mu) if nesterov else bufs
     torch._foreach_add_(params, grads, alpha=-lr)
     if param_std != 0:
         if scaled_xis is None:
             noise.add_all_(params, param_std)
         else:
-            torch._foreach_add_(params, scaled_xis, alpha=param_std)
+            torch._foreach_add_([_real(p) for p in params], scaled_xis, alpha=param_std)

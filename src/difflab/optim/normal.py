@@ -7,7 +7,7 @@ counter-based, it has two properties the optimizer needs:
 
 * speed: no sequential generator state, so the kernel vectorizes; on the CIFAR-10 CNN's 62,006
   parameters it is several times faster than ``torch.Tensor.normal_`` (MT19937) on one thread
-  (``benchmarks/optim_overhead.py``);
+  (``benchmarks/optim/optim_overhead.py``);
 * no noise buffer: ``add_`` adds ``std * xi[start:start + n]`` straight into a tensor, so a
   step reads and writes each parameter once for its noise.
 
@@ -17,6 +17,8 @@ slower.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import numpy as np
@@ -107,10 +109,14 @@ class NormalStream:
     def __init__(self, seed: int | None = None):
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")  # the global RNG is never touched
+        if not _is_int(seed):
+            raise ValueError(f"NormalStream: invalid seed {seed!r} (must be an integer or None)")
         self.seed = int(seed) & MASK64
         self.position = 0
 
     def reserve(self, n: int) -> int:
+        if not _is_int(n) or n < 0:
+            raise ValueError(f"NormalStream: invalid count {n!r} (must be an integer >= 0)")
         start = self.position
         self.position += int(n)
         return start
@@ -138,6 +144,8 @@ class NormalStream:
         product is rounded, then the sum, as ``t.add_(xi.mul(std))`` does). ``sizes``: the
         tensors' numel, if the caller has them."""
         sizes = [t.numel() for t in tensors] if sizes is None else sizes
+        if not math.isfinite(std):    # NaN/inf would silently poison every tensor
+            raise ValueError(f"NormalStream: invalid std {std!r} (must be finite)")
         if _kernel is not None:
             addresses = []
             for t in tensors:
@@ -160,6 +168,27 @@ class NormalStream:
     def state_dict(self) -> dict:
         return {"seed": self.seed, "position": self.position}
 
+    @staticmethod
+    def check_state(state, where: str = "NormalStream: state") -> None:
+        """One-line ValueError unless ``state`` is a ``state_dict()`` of a stream."""
+        if not isinstance(state, dict):
+            raise ValueError(f"{where} must be a dict with 'seed' and 'position', got "
+                             f"{type(state).__name__}")
+        keys = set(state)
+        if keys != {"seed", "position"}:
+            raise ValueError(f"{where} must have exactly the keys 'seed' and 'position', got "
+                             f"{', '.join(sorted(map(repr, map(str, keys)))) or 'none'}")
+        if not _is_int(state["seed"]):
+            raise ValueError(f"{where}: invalid seed {state['seed']!r} (must be an integer)")
+        if not _is_int(state["position"]) or state["position"] < 0:
+            raise ValueError(f"{where}: invalid position {state['position']!r} (must be an "
+                             "integer >= 0)")
+
     def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
         self.seed = int(state["seed"]) & MASK64
         self.position = int(state["position"])
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
