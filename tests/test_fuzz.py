@@ -128,6 +128,8 @@ RANGE_CASES = [  # (flag or --set, value): in the field's type but out of its ra
     ("data.dataset", "imagenet"), ("data.image_size", "0"), ("data.image_size", "100000"),
     ("data.channels", "2"), ("net.channels", "7"), ("net.channel_mult", "[]"),
     ("net.dropout", "1.5"), ("net.kind", "transformer"), ("optim.betas", "[0.9]"),
+    ("run.seed", "-1"), ("run.seed", str(2**70)), ("optim.batch_size", "100000000"),
+    ("net.channels", "8192"),  # memory: refused before anything is allocated
 ]
 
 

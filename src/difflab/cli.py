@@ -211,6 +211,8 @@ def check_sampling_args(args) -> None:
             raise UsageError(f"{name} must be at least {low}, got {value}")
     if args.steps is not None and args.steps > MAX_STEPS:
         raise UsageError(f"--steps must be at most {MAX_STEPS}, got {args.steps}")
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed must be in [0, 2^63), got {args.seed}")
     if args.guidance is not None and not 0 <= args.guidance < float("inf"):
         raise UsageError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     for name, suffix in (("out", ".png"), ("npz", ".npz"), ("json", ".json")):

@@ -274,6 +274,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         check_device_name(r.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check(0 <= r.seed < 2**63, "run.seed", r.seed, "must be in [0, 2^63)")
     check(r.precision in PRECISIONS, "run.precision", r.precision,
           f"choose from {', '.join(PRECISIONS)}")
     check(loop.steps is None or loop.steps >= 1, "loop.steps", loop.steps, "must be at least 1")

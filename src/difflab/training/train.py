@@ -21,10 +21,11 @@ from difflab.data import load_dataset
 from difflab.data.shape import DataShape
 from difflab.device import autocast, resolve_device, resolve_precision
 from difflab.diffusion.denoiser import build_denoiser
-from difflab.diffusion.generation import generate
+from difflab.diffusion.generation import generate, machine_memory
 from difflab.diffusion.loss import denoising_loss
 from difflab.diffusion.schedules import make_alpha_bar, sample_training_sigma
 from difflab.evaluation.report import save_grid
+from difflab.nets import build_net
 from difflab.progress import Progress
 from difflab.training.checkpoint import (INDEX, CheckpointError, checkpoint_config,
                                          claim_run_dir, load_optimizer, load_weights,
@@ -52,7 +53,35 @@ def prepare(config: TrainConfig):
         config.net.validate(shape)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_training_memory(config, shape)
     return data, shape, validate(config)
+
+
+def check_training_memory(config: TrainConfig, shape: DataShape) -> None:
+    """ConfigError if training would need more than half of this machine's memory: the network
+    is built on the meta device (no memory) and run on one image to count its parameters and
+    activations; training keeps about 16 bytes a parameter (weights, gradients, two AdamW
+    moments) and about 12 bytes an activation per image (output, gradient, a temporary)."""
+    memory = machine_memory()
+    if memory is None:
+        return
+    with torch.device("meta"):
+        net = build_net(config.net, shape)
+        outputs = [0]
+        hooks = [m.register_forward_hook(lambda m, i, o: outputs.__setitem__(
+            0, outputs[0] + (o.numel() if torch.is_tensor(o) else 0)))
+            for m in net.modules() if not list(m.children())]
+        cond = torch.zeros(1, dtype=torch.long) if shape.num_classes else None
+        net(torch.zeros(1, *shape.item), torch.zeros(1), cond)
+    for hook in hooks:
+        hook.remove()
+    parameters = sum(p.numel() for p in net.parameters())
+    need = 16 * parameters + 12 * outputs[0] * config.optim.batch_size
+    if need > memory // 2:
+        raise ConfigError(f"optim.batch_size={config.optim.batch_size} with this net ("
+                          f"{parameters:,} parameters) on {shape.item} data needs about "
+                          f"{need / 2**30:.0f} GiB, more than half of this machine's "
+                          f"{memory / 2**30:.0f} GiB; lower optim.batch_size or the net's size")
 
 
 def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool = False) -> Path:
