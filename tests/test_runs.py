@@ -87,7 +87,7 @@ def test_network_factory_and_shape():
     config = from_dict({"net": {"kind": "unet", "channels": 16, "groups": 4}})
     denoiser = build_denoiser(config, DataShape(3, (16, 16), 0))
     assert denoiser.net.stem.in_channels == 3 and denoiser.net.class_emb is None
-    with pytest.raises(ConfigError, match="net.kind='transformer': choose from unet"):
+    with pytest.raises(ConfigError, match="net.kind='transformer': choose from unet, dit"):
         update(TrainConfig(), {"net": {"kind": "transformer"}})
     with pytest.raises(ValueError, match="cannot be halved"):
         build_denoiser(config, DataShape(1, (14, 14), 0)).net

@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (+1 warm-up)")
     parser.add_argument("--block", type=int, default=1, help="steps of each precision per repeat")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--arms", default="fp32,bf16,auto",
+                        help="which of fp32, bf16, auto to time (fp32 is always the reference)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -78,7 +80,9 @@ def main() -> None:
           + (f", {' '.join(f'{k}={v}' for k, v in env.items())}" if env else ""))
     print(f"default U-Net {n_params:,} parameters, batch {args.batch}, "
           f"{args.repeats} repeats x {args.block} step(s) of each precision (+1 warm-up repeat)")
-    arms = {"fp32": fp32, "bf16": bf16, f"auto ({chosen})": auto}
+    wanted = {a.strip() for a in args.arms.split(",")} | {"fp32"}
+    arms = {name: fn for name, fn in (("fp32", fp32), ("bf16", bf16), (f"auto ({chosen})", auto))
+            if name.split()[0] in wanted}
     summary = summarise(interleave(arms, args.repeats, args.block), "fp32")
     for name, s in summary.items():
         lo, hi = s["ratio_ci"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from difflab.device import PRECISIONS, check_device_name
 from difflab.nets import net_config
+from difflab.nets.dit import DiTConfig
 from difflab.nets.unet import UNetConfig
 
 if sys.version_info >= (3, 11):
@@ -102,7 +103,7 @@ class SampleConfig:
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    net: UNetConfig = field(default_factory=UNetConfig)
+    net: UNetConfig | DiTConfig = field(default_factory=UNetConfig)  # net.kind picks
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -1,4 +1,4 @@
-"""Denoiser networks behind one factory, and the feature networks used by the metrics.
+"""Denoiser networks (U-Net, DiT) behind one factory, and the feature networks used by the metrics.
 
 A network kind is a config dataclass (with a ``kind`` field and a ``validate(shape)`` method) and
 a module class built as ``Net(config, shape)``, where ``shape`` (``difflab.data.shape.DataShape``)
@@ -7,9 +7,10 @@ comes from the data. Adding a kind touches its own module and the table below on
 from __future__ import annotations
 
 from difflab.data.shape import DataShape
+from difflab.nets.dit import DiT, DiTConfig
 from difflab.nets.unet import UNet, UNetConfig
 
-NETS = {"unet": (UNetConfig, UNet)}
+NETS = {"unet": (UNetConfig, UNet), "dit": (DiTConfig, DiT)}
 
 
 def net_config(kind: str):
