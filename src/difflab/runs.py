@@ -60,6 +60,38 @@ class Model:
         ``class_label=``, ``batch_size=`` and sampler options pass through."""
         return (self.generate(n, steps, sampler, guidance, seed, **options) + 1) / 2
 
+    def restore(self, images: torch.Tensor, task: str, **options) -> torch.Tensor:
+        """Restore ``images`` ([N, C, H, W] in [0, 1]): ``task`` is one of inpaint (mask=),
+        upscale (factor=), denoise (sigma=), deblur (kernel="gaussian:1.0"), colorize, edit
+        (strength=); method=, steps=, seed=, class_label= as in ``difflab.restoration.tasks``."""
+        from difflab.restoration.tasks import restore
+
+        return restore(self, images, task, **options)
+
+    def inpaint(self, images, mask, **options):
+        """Fill the pixels where ``mask`` is 0 (mask 1 = known), keeping the known ones exactly."""
+        return self.restore(images, "inpaint", mask=mask, **options)
+
+    def upscale(self, images, factor: int, **options):
+        """Super-resolve ``images`` by an integer ``factor`` (their average-pooled view is kept)."""
+        return self.restore(images, "upscale", factor=factor, **options)
+
+    def denoise(self, images, sigma: float, **options):
+        """Remove Gaussian noise of std ``sigma`` (in [0, 1] pixel units)."""
+        return self.restore(images, "denoise", sigma=sigma, **options)
+
+    def deblur(self, images, kernel: str = "gaussian:1.0", **options):
+        """Undo a blur with ``kernel`` ``gaussian:STD`` or ``box:SIZE`` (circular)."""
+        return self.restore(images, "deblur", kernel=kernel, **options)
+
+    def colorize(self, images, **options):
+        """Colour grayscale ``images`` [N, 1, H, W] (colour models)."""
+        return self.restore(images, "colorize", **options)
+
+    def edit(self, images, strength: float = 0.5, **options):
+        """SDEdit: noise ``images`` to ``strength`` in [0, 1] and sample from there."""
+        return self.restore(images, "edit", strength=strength, **options)
+
     def __repr__(self) -> str:
         s = self.config.sample
         return (f"Model({str(self.path)!r}, net={self.config.net.kind}, shape={self.shape.item}, "

@@ -213,6 +213,42 @@ def load_image_folder(folder, size: int, channels: int = 3) -> tuple[np.ndarray,
     return out, (labels if labelled else None)
 
 
+def read_images(path) -> tuple[np.ndarray, list[str]]:
+    """An image file, or a folder of them (sorted, all of one size), as they are: uint8
+    ``[N, C, H, W]`` with C = 1 for grayscale files and 3 for colour ones, and their names."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise DataError(f"{path}: no {'/'.join(IMAGE_SUFFIXES)} images found")
+    elif path.is_file():
+        paths = [path]
+    else:
+        raise DataError(f"{path}: no such image file or folder")
+    arrays = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{p}: {im.width}x{im.height} pixels is more than the "
+                                    f"{MAX_IMAGE_PIXELS:,} an image may have")
+                gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+                arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+                ValueError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{p}: cannot decode image ({e})") from None
+        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+        if arrays[-1].shape != arrays[0].shape:
+            raise DataError(f"{p}: {arrays[-1].shape[2]}x{arrays[-1].shape[1]} pixels with "
+                            f"{arrays[-1].shape[0]} channel(s), but {paths[0].name} is "
+                            f"{arrays[0].shape[2]}x{arrays[0].shape[1]} with {arrays[0].shape[0]}")
+    return np.stack(arrays), [p.name for p in paths]
+
+
 def to_float(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 pixels in [0, 255] -> float32 in [-1, 1]."""
     x = torch.as_tensor(np.asarray(pixels))

@@ -42,6 +42,17 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
     return path
 
 
+def save_image(image: torch.Tensor, path: str | Path) -> Path:
+    """One image [C, H, W] in [0, 1] as an 8-bit PNG at its own size."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(path)
+    return path
+
+
 def save_npz(images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None) -> Path:
     """Samples as float32 [N, C, H, W] in [0, 1] under key ``samples`` (and ``labels``)."""
     path = Path(path)

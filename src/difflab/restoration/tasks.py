@@ -1,0 +1,139 @@
+"""Restoration tasks on a trained model: a task name and its parameter become a measurement
+operator, the user's image becomes the measurement y, and a solver samples x with A x = y.
+
+Images enter and leave in [0, 1] (PNG conventions); inside, the model's range [-1, 1]. So the
+noise level of ``denoise`` (``sigma``, std of the noise in [0, 1] pixel units) is 2 sigma as the
+operator's ``sigma_y``. Masks: nonzero (white) pixels are known, zero (black) pixels are filled.
+
+| task     | operator               | y (what the user gives)                 | default method |
+|----------|------------------------|-----------------------------------------|----------------|
+| inpaint  | Inpainting(mask)       | the image; pixels under the mask kept   | ddnm           |
+| upscale  | Downsample(factor)     | a small image, factor x smaller         | ddnm           |
+| denoise  | Identity(sigma_y)      | the noisy image                         | ddnm (DDNM+)   |
+| deblur   | Blur(std or size)      | the blurred image                       | ddnm           |
+| colorize | Grayscale(3 channels)  | a grayscale image, for a colour model   | ddnm           |
+| edit     | none (SDEdit)          | a guide image, noised to ``strength``   | sdedit         |
+"""
+from __future__ import annotations
+
+import torch
+
+from difflab.device import autocast
+from difflab.diffusion.generation import model_sigmas
+from difflab.diffusion.guidance import guided
+from difflab.restoration.operators import Blur, Downsample, Grayscale, Identity, Inpainting
+from difflab.restoration.solvers import get_solver, restore_sdedit
+
+TASKS = ("inpaint", "upscale", "denoise", "deblur", "colorize", "edit")
+DEFAULT_STEPS = 50
+
+
+def parse_kernel(text: str) -> Blur:
+    """``gaussian:STD`` or ``box:SIZE`` -> a Blur operator (one-line ValueError otherwise)."""
+    kind, _, value = str(text).partition(":")
+    try:
+        if kind == "gaussian":
+            return Blur(std=float(value))
+        if kind == "box":
+            return Blur(size=int(value))
+    except ValueError as e:
+        raise ValueError(f"--kernel {text!r}: {e}") from None
+    raise ValueError(f"--kernel {text!r}: give gaussian:STD (pixels) or box:SIZE (odd)")
+
+
+def make_operator(task: str, model_shape, y: torch.Tensor, *, mask=None, factor=None,
+                  sigma=None, kernel=None):
+    """(operator, shape of the restored images) for ``task`` with measurement ``y`` in [-1, 1]."""
+    channels = model_shape.channels
+    batch, y_channels, height, width = y.shape
+    if task == "colorize":
+        if channels != 3:
+            raise ValueError(f"colorize needs a colour model; this one makes {channels}-channel "
+                             "images")
+        if y_channels != 1:
+            raise ValueError(f"colorize takes a grayscale image; got {y_channels} channels")
+        return Grayscale(3), (batch, 3, height, width)
+    if y_channels != channels:
+        raise ValueError(f"the image has {y_channels} channel(s); the model makes {channels}")
+    if task == "inpaint":
+        mask = torch.as_tensor(mask)
+        if mask.shape[-2:] != (height, width):
+            raise ValueError(f"the mask is {mask.shape[-1]}x{mask.shape[-2]} pixels, the image "
+                             f"{width}x{height}")
+        known = mask.flatten(1).float().mean(1) if mask.dim() > 2 else mask.float().mean()[None]
+        if (known == 0).any():
+            raise ValueError("the mask has no known (white) pixels: nothing to restore from "
+                             "(use difflab sample)")
+        if (known == 1).all():
+            raise ValueError("the mask keeps every pixel: nothing to inpaint")
+        return Inpainting(mask != 0), tuple(y.shape)
+    if task == "upscale":
+        if isinstance(factor, bool) or int(factor) != factor or factor < 2:
+            raise ValueError(f"--factor {factor}: must be an integer >= 2")
+        return Downsample(int(factor)), (batch, channels, height * factor, width * factor)
+    if task == "denoise":
+        if sigma is None or not 0 < float(sigma) <= 1:
+            raise ValueError(f"--sigma {sigma}: the noise std in [0, 1] pixel units must be in "
+                             "(0, 1]")
+        return Identity(sigma_y=2 * float(sigma)), tuple(y.shape)
+    if task == "deblur":
+        return parse_kernel(kernel), tuple(y.shape)
+    raise ValueError(f"unknown restoration task {task!r} (choose from {', '.join(TASKS)})")
+
+
+@torch.no_grad()
+def restore(model, images: torch.Tensor, task: str, *, method: str | None = None,
+            steps: int | None = None, seed: int = 0, class_label: int | None = None,
+            guidance: float | None = None, strength: float = 0.5, **task_options) -> torch.Tensor:
+    """Restore ``images`` (float [N, C, H, W] in [0, 1]) with a loaded ``difflab.runs.Model``;
+    returns [N, C', H', W'] in [0, 1]. ``task_options``: mask= (inpaint), factor= (upscale),
+    sigma= (denoise), kernel= (deblur). Class-conditional models restore unconditionally unless
+    ``class_label`` is given (then with the run's guidance, or ``guidance``)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown restoration task {task!r} (choose from {', '.join(TASKS)})")
+    images = torch.as_tensor(images, dtype=torch.float32)
+    if images.dim() != 4 or not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise ValueError("images must be a finite float tensor [N, C, H, W] in [0, 1]")
+    denoiser, shape, device = model.denoiser, model.shape, model.device
+    y = images.to(device) * 2 - 1
+    steps = steps or DEFAULT_STEPS
+    sigmas = model_sigmas(denoiser, steps, model.config.sample.grid)
+    cond = None
+    if class_label is not None:
+        if not 0 <= class_label < max(shape.num_classes, 1):
+            raise ValueError(f"class label {class_label}: the model has "
+                             f"{shape.num_classes or 'no'} classes")
+        cond = torch.full((len(y),), class_label, device=device)
+        denoiser = guided(denoiser, model.config.sample.guidance if guidance is None else guidance)
+    generator = torch.Generator(device).manual_seed(seed)
+    with autocast(device, model.precision):
+        if task == "edit":
+            if y.shape[1] != shape.channels:
+                raise ValueError(f"the image has {y.shape[1]} channel(s); the model makes "
+                                 f"{shape.channels}")
+            if method not in (None, "sdedit"):
+                raise ValueError(f"edit uses method sdedit, not {method!r}")
+            x = restore_sdedit(denoiser, y, sigmas, strength, cond=cond, generator=generator)
+        else:
+            operator, out_shape = make_operator(task, shape, y, **task_options)
+            check_size(model, out_shape)
+            solver = get_solver(method or "ddnm")
+            x = solver(denoiser, y, operator, sigmas, cond=cond, generator=generator)
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise ValueError("the restoration produced NaN or inf (check the weights and guidance)")
+    return ((x.clamp(-1, 1) + 1) / 2).cpu()
+
+
+def check_size(model, out_shape) -> None:
+    """ValueError unless the model's network accepts images of ``out_shape``."""
+    from difflab.data.shape import DataShape
+
+    size = DataShape(out_shape[1], tuple(out_shape[2:]), model.shape.num_classes)
+    try:
+        model.config.net.validate(size)
+        if model.config.net.kind != "unet" and size.size != model.shape.size:
+            raise ValueError(f"net.kind={model.config.net.kind} was trained on "
+                             f"{'x'.join(map(str, model.shape.size[::-1]))} images only")
+    except ValueError as e:
+        raise ValueError(f"the network cannot restore {out_shape[3]}x{out_shape[2]} images ({e})") from None
