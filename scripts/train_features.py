@@ -10,8 +10,8 @@ given seed and thread count: shuffling and augmentation draw from one seeded ``t
 Recipe: SGD with Nesterov momentum, one-cycle learning rate (linear warm-up over the first
 ``warmup`` fraction, then linear decay to 0), weight decay, label smoothing; CIFAR-10 uses random
 crops from 4-pixel reflect padding and horizontal flips; MNIST uses random shifts of up to 2
-pixels. bfloat16 autocast with channels-last tensors (much faster on CPUs with AMX) unless
-``--fp32``.
+pixels. Channels-last tensors; bfloat16 autocast where the CPU computes it natively (much faster
+with AMX; ``difflab.device``), fp32 elsewhere or with ``--fp32``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from difflab.data import load_cifar10, load_mnist, to_float
+from difflab.device import autocast, resolve_precision
 from difflab.nets.classifier import make_feature_net, weights_paths
+
+CPU = torch.device("cpu")
 
 DEFAULTS = {  # dataset -> recipe
     "mnist": dict(epochs=4, batch_size=128, lr=0.05, weight_decay=5e-4, label_smoothing=0.0,
@@ -92,6 +95,7 @@ def train(args) -> dict:
                           lr=recipe["lr"], momentum=0.9, nesterov=True)
     steps_per_epoch = len(x_train) // recipe["batch_size"]
     total = recipe["epochs"] * steps_per_epoch
+    precision = "fp32" if args.fp32 else resolve_precision("auto", CPU)[0]
     step, start = 0, time.perf_counter()
     for epoch in range(recipe["epochs"]):
         net.train()
@@ -103,7 +107,7 @@ def train(args) -> dict:
             x = x.contiguous(memory_format=torch.channels_last)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, recipe["lr"], recipe["warmup"])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
+            with autocast(CPU, precision):
                 loss = F.cross_entropy(net(x), y_train[idx], label_smoothing=recipe["label_smoothing"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -131,7 +135,7 @@ def train(args) -> dict:
         "feature_dim": reloaded.feature_dim, "num_parameters": sum(p.numel() for p in reloaded.parameters()),
         "test_accuracy": round(test_acc, 4), "test_images": len(x_test),
         "train_seconds": round(train_seconds, 1), "threads": args.threads,
-        "seed": args.seed, "bf16_autocast": not args.fp32, **recipe,
+        "seed": args.seed, "bf16_autocast": precision == "bf16", **recipe,
         "torch": torch.__version__,
         "command": "python scripts/train_features.py " + " ".join(sys.argv[1:]),
     }
@@ -149,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: far faster than 2 on a CPU shared with other jobs)")
-    p.add_argument("--fp32", action="store_true", help="train without bfloat16 autocast")
+    p.add_argument("--fp32", action="store_true", help="train in fp32 even where bf16 is native")
     p.add_argument("--eval-each-epoch", action="store_true", help="print test accuracy after every epoch")
     for key in DEFAULTS["mnist"]:
         kind = type(DEFAULTS["cifar10"][key])
