@@ -10,7 +10,9 @@ import torch
 
 from difflab.data.shape import DataShape
 from difflab.diffusion import mixtures, schedules
+from difflab.diffusion import schedule_dp as dp
 from difflab.diffusion import schedule_search as ss
+from difflab.diffusion import schedule_store as store
 from difflab.diffusion.denoiser import Denoiser
 from difflab.diffusion.generation import get_sampler
 from difflab.diffusion.guidance import NULL_LABEL
@@ -73,8 +75,8 @@ def test_local_costs_are_one_sampler_step_from_the_teacher(mixture):
     levels, y, D = teacher.levels, teacher.states, teacher.denoised
     N = levels.shape[0] - 1
     weights = torch.linspace(1.0, 0.5, N + 1, dtype=torch.float64)
-    gram = ss._gram(torch.cat([y, D]))
-    euler, history = (f(gram, levels, weights, mixture.dim) for f in (ss.euler_costs, ss.dpmpp_2m_costs))
+    gram = dp._gram(torch.cat([y, D]))
+    euler, history = (f(gram, levels, weights, mixture.dim) for f in (dp.euler_costs, dp.dpmpp_2m_costs))
 
     def rms(e):
         return e.square().mean(1).sqrt().mean().item()
@@ -107,8 +109,8 @@ def test_dynamic_programs_find_the_min_cost_path():
         paths = [(0, *inner, N) for inner in itertools.combinations(range(1, N), steps - 1)]
         for multistep in (False, True):
             best = min(cost(p, multistep) for p in paths)
-            path, value = (ss.dp_two_step(single, history, steps) if multistep
-                           else ss.dp_single_step(single, steps))
+            path, value = (dp.dp_two_step(single, history, steps) if multistep
+                           else dp.dp_single_step(single, steps))
             assert len(path) == steps + 1 and path[0] == 0 and path[-1] == N
             assert value == pytest.approx(best) and cost(path, multistep) == pytest.approx(best)
 
@@ -213,19 +215,19 @@ def test_bad_arguments_are_refused(mixture):
 def test_save_load_round_trip(tmp_path, mixture):
     z = _noise(mixture.dim, 8, SEARCH_SEED)
     result = ss.search_schedule(mixture, "dpmpp-2m", 4, z, teacher_steps=30, refine=4)
-    key = ss.schedule_key("dpmpp-2m", 4)
-    path = ss.save_schedule(tmp_path, key, result.sigmas, result.meta)
-    ss.save_schedule(tmp_path, "euler/2", torch.tensor([80.0, 0.5, 0.0]), {"note": "by hand"})
+    key = store.schedule_key("dpmpp-2m", 4)
+    path = store.save_schedule(tmp_path, key, result.sigmas, result.meta)
+    store.save_schedule(tmp_path, "euler/2", torch.tensor([80.0, 0.5, 0.0]), {"note": "by hand"})
     assert path == tmp_path / "schedules.json" and sorted(p.name for p in tmp_path.iterdir()) == ["schedules.json"]
-    loaded = ss.load_schedules(tmp_path)
+    loaded = store.load_schedules(tmp_path)
     assert set(loaded) == {"dpmpp-2m/4", "euler/2"}
     assert torch.equal(loaded[key]["sigmas"], result.sigmas)  # exact through JSON's repr of floats
     assert loaded[key]["meta"] == json.loads(json.dumps(result.meta))
-    ss.save_schedule(tmp_path, "euler/2", [80.0, 0.3, 0.0])  # replace one, keep the other
-    loaded = ss.load_schedules(tmp_path)
+    store.save_schedule(tmp_path, "euler/2", [80.0, 0.3, 0.0])  # replace one, keep the other
+    loaded = store.load_schedules(tmp_path)
     assert loaded["euler/2"]["sigmas"].tolist() == [80.0, 0.3, 0.0] and loaded["euler/2"]["meta"] == {}
     assert torch.equal(loaded[key]["sigmas"], result.sigmas)
-    assert ss.load_schedules(tmp_path / "missing") == {}
+    assert store.load_schedules(tmp_path / "missing") == {}
 
 
 GOOD = {"sigmas": [80.0, 1.0, 0.0], "meta": {}}
@@ -257,11 +259,11 @@ def test_malformed_schedules_file_is_rejected_in_one_line(tmp_path, content, fie
     path = tmp_path / "schedules.json"
     path.write_text(content)
     with pytest.raises(ValueError) as info:
-        ss.load_schedules(tmp_path)
+        store.load_schedules(tmp_path)
     message = str(info.value)
     assert str(path) in message and field in message and "\n" not in message, message
     with pytest.raises(ValueError):  # a malformed file is not silently overwritten
-        ss.save_schedule(tmp_path, "euler/2", [80.0, 1.0, 0.0])
+        store.save_schedule(tmp_path, "euler/2", [80.0, 1.0, 0.0])
     assert path.read_text() == content
 
 
@@ -270,5 +272,5 @@ def test_malformed_schedules_file_is_rejected_in_one_line(tmp_path, content, fie
     ("Euler 2", [80.0, 1.0, 0.0], {}), ("euler/2", [80.0, 1.0, 0.0], {"x": object()})])
 def test_save_refuses_a_bad_grid_and_writes_nothing(tmp_path, key, sigmas, meta):
     with pytest.raises(ValueError, match="schedules.json"):
-        ss.save_schedule(tmp_path, key, sigmas, meta)
+        store.save_schedule(tmp_path, key, sigmas, meta)
     assert not (tmp_path / "schedules.json").exists()

@@ -90,7 +90,8 @@ Samplers: the deterministic ones (euler, ddim with eta = 0, heun without churn, 
 dpmpp-3m, unipc). Stochastic samplers are refused: their output does not follow the teacher's
 trajectory from the same start noise.
 
-Storage. ``save_schedule`` / ``load_schedules`` keep the grids of a run in ``schedules.json``::
+Storage (``schedule_store``). ``save_schedule`` / ``load_schedules`` keep the grids of a run in
+``schedules.json``::
 
     {"format": "difflab-schedules", "version": 1,
      "schedules": {"dpmpp-2m/5": {"sigmas": [80.0, ..., 0.0], "meta": {...}}}}
@@ -101,29 +102,22 @@ NFE is 2 steps - 1), written atomically (temporary file + ``os.replace``) and va
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from difflab.diffusion.generation import get_sampler
 from difflab.diffusion.guidance import guided
+from difflab.diffusion.schedule_dp import (_gram, dp_single_step, dp_two_step, dpmpp_2m_costs,
+                                           euler_costs)
 from difflab.diffusion.schedules import log_snr_sigmas, sigma_grid
 
-SCHEDULES_FILE = "schedules.json"
-FORMAT = "difflab-schedules"
-VERSION = 1
 TEACHERS = ("dpmpp-2m", "dpmpp-3m", "heun", "euler", "ddim")
 LOCAL_COST = {"euler": "euler", "ddim": "euler", "heun": "euler", "dpmpp-2m": "dpmpp-2m",
               "dpmpp-3m": "dpmpp-2m", "unipc": "dpmpp-2m"}
 WEIGHTINGS = ("propagated", "none")
-_KEY = re.compile(r"^([a-z0-9][a-z0-9-]*)/([1-9][0-9]*)$")
-_CHUNK = 1 << 15  # quadratic forms evaluated per batch of jumps (bounds memory to B * _CHUNK)
 
 
 @dataclass
@@ -189,118 +183,6 @@ def teacher_trajectory(denoiser, x_start: torch.Tensor, fine: torch.Tensor, keep
     states.append(out.reshape(out.shape[0], -1))
     levels = torch.cat([fine[keep], fine.new_zeros(1)])
     return Teacher(levels, torch.stack(states), torch.stack(denoised), calls[0])
-
-
-def _gram(vectors: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """Per-trajectory Gram matrices G[b] = V_b V_b^T (float64) of vectors [M, B, d]: [B, M, M]."""
-    M, B, _ = vectors.shape
-    out = torch.empty(B, M, M, dtype=torch.float64, device=vectors.device)
-    for start in range(0, B, chunk):
-        v = vectors[:, start:start + chunk].double().transpose(0, 1)  # [b, M, d]
-        out[start:start + chunk] = v @ v.transpose(1, 2)
-    return out
-
-
-def _quadratic_costs(gram: torch.Tensor, index: torch.Tensor, coef: torch.Tensor,
-                     dim: int) -> torch.Tensor:
-    """mean_b sqrt(q_b / dim) with q_b = || sum_m coef[t, m] V_b[index[t, m]] ||^2, for each jump t
-    (index, coef: [T, m]); returns [T] float64."""
-    out = torch.empty(index.shape[0], dtype=torch.float64, device=gram.device)
-    terms = index.shape[1]
-    for start in range(0, index.shape[0], _CHUNK):
-        idx, c = index[start:start + _CHUNK], coef[start:start + _CHUNK]
-        q = torch.zeros(gram.shape[0], idx.shape[0], dtype=torch.float64, device=gram.device)
-        for m in range(terms):
-            for n in range(m, terms):
-                weight = c[:, m] * c[:, n] * (1.0 if m == n else 2.0)
-                q += weight * gram[:, idx[:, m], idx[:, n]]
-        out[start:start + _CHUNK] = (q.clamp(min=0) / dim).sqrt().mean(0)
-    return out
-
-
-def euler_costs(gram: torch.Tensor, levels: torch.Tensor, weights: torch.Tensor,
-                dim: int) -> torch.Tensor:
-    """c(i, j) of one Euler/DDIM step from the teacher at level i to level j, [N, N + 1] with inf
-    where j <= i. Vector layout of ``gram``: y_0..y_N, then D_0..D_{N-1}."""
-    N = levels.shape[0] - 1
-    i, j = torch.triu_indices(N, N + 1, offset=1, device=gram.device)
-    a = levels[j] / levels[i]
-    index = torch.stack([i, N + 1 + i, j], dim=1)
-    coef = torch.stack([a, 1 - a, -torch.ones_like(a)], dim=1)
-    costs = torch.full((N, N + 1), math.inf, dtype=torch.float64, device=gram.device)
-    costs[i, j] = weights[j] * _quadratic_costs(gram, index, coef, dim)
-    return costs
-
-
-def dpmpp_2m_costs(gram: torch.Tensor, levels: torch.Tensor, weights: torch.Tensor, dim: int,
-                   max_step_growth: float = math.inf) -> torch.Tensor:
-    """c(p, i, j) of one DPM-Solver++(2M) step from the teacher at level i, previous level p, to a
-    positive level j (p < i < j < N); [N, N, N], inf elsewhere (steps to 0 use ``euler_costs``)
-    and where the step is more than ``max_step_growth`` times the previous one in log sigma."""
-    N = levels.shape[0] - 1
-    triples = torch.combinations(torch.arange(N, device=gram.device), r=3)
-    costs = torch.full((N, N, N), math.inf, dtype=torch.float64, device=gram.device)
-    if triples.numel() == 0:
-        return costs
-    p, i, j = triples.unbind(1)
-    log = levels[:N].log()
-    a = levels[j] / levels[i]
-    r = (log[p] - log[i]) / (log[i] - log[j])  # h_prev / h with lambda = -log sigma
-    index = torch.stack([i, N + 1 + i, N + 1 + p, j], dim=1)
-    coef = torch.stack([a, (1 - a) * (1 + 1 / (2 * r)), -(1 - a) / (2 * r), -torch.ones_like(a)],
-                       dim=1)
-    cost = weights[j] * _quadratic_costs(gram, index, coef, dim)
-    costs[p, i, j] = cost.masked_fill(r * max_step_growth < 1, math.inf)  # h / h_prev > max
-    return costs
-
-
-def dp_single_step(costs: torch.Tensor, steps: int) -> tuple[list[int], float]:
-    """Min-cost path 0 -> N with exactly ``steps`` jumps over costs [N, N + 1] (GITS's DP)."""
-    N = costs.shape[0]
-    costs = costs.masked_fill(~torch.ones_like(costs, dtype=torch.bool).triu(1), math.inf)  # i < j
-    value = torch.full((N + 1,), math.inf, dtype=torch.float64, device=costs.device)
-    value[0] = 0.0
-    back = []
-    for _ in range(steps):
-        total = value[:N, None] + costs  # [from, to]
-        value, arg = total.min(dim=0)
-        back.append(arg)
-    if not math.isfinite(value[N]):
-        raise ValueError(f"schedule search: no path of {steps} steps over {N} candidate levels")
-    path = [N]
-    for arg in reversed(back):
-        path.append(int(arg[path[-1]]))
-    return path[::-1], float(value[N])
-
-
-def dp_two_step(first: torch.Tensor, history: torch.Tensor, steps: int) -> tuple[list[int], float]:
-    """Min-cost path 0 -> N with exactly ``steps`` jumps when a jump's cost depends on the previous
-    level: ``first`` [N, N + 1] holds the costs without history (first step, and every step to 0),
-    ``history`` [N, N, N] the costs c(p, i, j) of steps between positive levels."""
-    N = first.shape[0]
-    if steps == 1:
-        return [0, N], float(first[0, N])
-    first = first.masked_fill(~torch.ones_like(first, dtype=torch.bool).triu(1), math.inf)
-    upper = torch.ones(N, N, dtype=torch.bool, device=first.device).triu(1)
-    history = history.masked_fill(~(upper[:, :, None] & upper[None, :, :]), math.inf)  # p < i < j
-    value = torch.full((N, N), math.inf, dtype=torch.float64, device=first.device)  # [prev, cur]
-    value[0, 1:] = first[0, 1:N]
-    back = []
-    for _ in range(steps - 2):
-        total = value[:, :, None] + history  # [p, i, j]
-        value, arg = total.min(dim=0)  # -> [i, j]
-        back.append(arg)
-    final = value + first[:, N][None, :]  # [p, i] + cost of i -> 0
-    best = int(final.argmin())
-    cost = float(final.flatten()[best])
-    if not math.isfinite(cost):
-        raise ValueError(f"schedule search: no path of {steps} steps over {N} candidate levels")
-    prev, cur = divmod(best, N)
-    path = [N, cur, prev]
-    for arg in reversed(back):
-        prev, cur = int(arg[prev, cur]), prev
-        path.append(prev)
-    return path[::-1], cost
 
 
 @torch.no_grad()
@@ -482,90 +364,3 @@ def optimize_sigmas(denoiser, sampler: str, steps: int, x_start_noise: torch.Ten
 
 
 # ----- storage in a run directory ---------------------------------------------------------------
-def schedule_key(sampler: str, steps: int) -> str:
-    """The key of a grid in ``schedules.json``: ``"<sampler>/<steps>"``."""
-    return f"{sampler}/{int(steps)}"
-
-
-def _check_entry(where: str, key, entry) -> tuple[list[float], dict]:
-    """(sigmas, meta) of one schedules.json entry; else a one-line ValueError naming ``where``."""
-    if not isinstance(key, str) or not _KEY.match(key):
-        raise ValueError(f"{where}: key {key!r} is not of the form '<sampler>/<steps>'")
-    field_ = f"schedules[{key!r}]"
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where}: {field_} must be an object with 'sigmas' and 'meta'")
-    sigmas, meta = entry.get("sigmas"), entry.get("meta", {})
-    if not isinstance(sigmas, list) or len(sigmas) < 2:
-        raise ValueError(f"{where}: {field_}.sigmas must be a list of at least 2 numbers")
-    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
-               for s in sigmas):
-        raise ValueError(f"{where}: {field_}.sigmas must hold finite numbers only")
-    if not all(a > b for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"{where}: {field_}.sigmas must be strictly decreasing")
-    if sigmas[-1] != 0:
-        raise ValueError(f"{where}: {field_}.sigmas must end in 0, ends in {sigmas[-1]!r}")
-    steps = int(_KEY.match(key).group(2))
-    if len(sigmas) != steps + 1:
-        raise ValueError(f"{where}: {field_}.sigmas has {len(sigmas)} levels, the key says "
-                         f"{steps} steps ({steps + 1} levels)")
-    if not isinstance(meta, dict):
-        raise ValueError(f"{where}: {field_}.meta must be an object")
-    return [float(s) for s in sigmas], meta
-
-
-def load_schedules(run_dir) -> dict[str, dict]:
-    """The grids saved in ``run_dir/schedules.json`` as {key: {"sigmas": float64 tensor, "meta":
-    dict}}; {} if the file does not exist; ValueError (one line: file and field) if malformed."""
-    path = Path(run_dir) / SCHEDULES_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: format field is {found!r}, expected {FORMAT!r}")
-    if data.get("version") != VERSION:
-        raise ValueError(f"{path}: version field is {data.get('version')!r}, expected {VERSION}")
-    entries = data.get("schedules")
-    if not isinstance(entries, dict):
-        raise ValueError(f"{path}: schedules field must be an object keyed '<sampler>/<steps>'")
-    out = {}
-    for key, entry in entries.items():
-        sigmas, meta = _check_entry(str(path), key, entry)
-        out[key] = {"sigmas": torch.tensor(sigmas, dtype=torch.float64), "meta": meta}
-    return out
-
-
-def save_schedule(run_dir, key: str, sigmas, meta: dict | None = None) -> Path:
-    """Add (or replace) the grid ``key`` (``schedule_key(sampler, steps)``) in
-    ``run_dir/schedules.json``, keeping the others; atomic (temporary file, then os.replace).
-    The grid and the existing file are validated first (ValueError, nothing written)."""
-    run_dir = Path(run_dir)
-    path = run_dir / SCHEDULES_FILE
-    values = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
-    meta = dict(meta or {})
-    _check_entry(str(path), key, {"sigmas": values, "meta": meta})
-    try:
-        json.dumps(meta, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: schedules[{key!r}].meta is not JSON-serializable "
-                         f"({e})") from None
-    entries = {k: {"sigmas": v["sigmas"].tolist(), "meta": v["meta"]}
-               for k, v in load_schedules(run_dir).items()}
-    entries[key] = {"sigmas": values, "meta": meta}
-    text = json.dumps({"format": FORMAT, "version": VERSION, "schedules": entries}, indent=1,
-                      allow_nan=False)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
