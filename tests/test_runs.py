@@ -215,3 +215,24 @@ def test_no_import_cycles_between_modules():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_optimized_schedule_is_saved_and_used_by_grid_optimized(run_dir, tmp_path, capsys):
+    from difflab.diffusion.schedule_store import load_schedules
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for path in run_dir.iterdir():
+        if path.is_file():
+            (run / path.name).write_bytes(path.read_bytes())
+    model = difflab.load(run)
+    with pytest.raises(ValueError, match="no optimized grid for euler at 3 steps"):
+        model.sample(2, steps=3, sampler="euler", grid="optimized")
+    assert cli.main(["schedule", str(run), "--sampler", "euler", "--steps", "3", "--n", "4"]) == 0
+    sigmas = load_schedules(run)["euler/3"]["sigmas"]
+    assert len(sigmas) == 4 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
+    assert torch.equal(model.sample(2, steps=3, sampler="euler", grid="optimized"),
+                       model.sample(2, steps=3, sampler="euler", grid=sigmas))
+    capsys.readouterr()
+    assert cli.main(["schedule", str(run), "--sampler", "ddpm", "--steps", "3"]) == 2
+    assert "deterministic samplers only" in capsys.readouterr().err

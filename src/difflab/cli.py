@@ -99,7 +99,8 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
     p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's)")
-    p.add_argument("--grid", choices=GRIDS, help="sigma grid (default: the run's)")
+    p.add_argument("--grid", choices=[*GRIDS, "optimized"], help="sigma grid (default: the "
+                   "run's); optimized: the grid difflab schedule made for this sampler and steps")
     p.add_argument("--eta", type=float, help="DDIM stochasticity (0 deterministic, 1 DDPM)")
     p.add_argument("--class-label", type=int, help="class to draw (conditional models)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: "
@@ -139,6 +140,21 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--nll-n", type=int, default=128, help="images for --nll (default 128)")
     p.add_argument("--nll-steps", type=int, default=50, help="RK4 steps for --nll (default 50)")
     p.set_defaults(func=cmd_eval)
+
+
+def add_schedule_parser(sub) -> None:
+    p = sub.add_parser("schedule", help="optimize the sigma grid of a sampler for a run",
+                       description="Optimize the noise levels of SAMPLER at STEPS steps for a "
+                       "trained run from a few dozen of its own trajectories (GITS dynamic "
+                       "programming, Chen et al. 2024), save them in RUN/schedules.json; then "
+                       "difflab sample RUN --grid optimized uses them.")
+    p.add_argument("checkpoint", help="run directory")
+    p.add_argument("--sampler", default=None, help="deterministic sampler (default: the run's)")
+    p.add_argument("--steps", "--nfe", type=int, required=True, help="sampler steps (= network "
+                   "evaluations for every sampler but heun)")
+    p.add_argument("--n", type=int, default=32, help="trajectories (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_schedule)
 
 
 def add_bench_parser(sub) -> None:
@@ -205,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="difflab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=Parser)
-    for add in (add_train_parser, add_sample_parser, add_eval_parser, add_restore_parsers,
-                add_bench_parser):
+    for add in (add_train_parser, add_sample_parser, add_eval_parser, add_schedule_parser,
+                add_restore_parsers, add_bench_parser):
         add(sub)
     return parser
 
@@ -407,6 +423,24 @@ def cmd_restore(args) -> int:
         save_image(image, path.with_suffix(".png"))
     print(f"{len(restored)} image(s) restored in {time.perf_counter() - started:.1f} s: "
           f"{paths[0].with_suffix('.png') if not folder_in else out}")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from difflab.runs import load
+
+    if not 1 <= args.steps <= 100 or not 2 <= args.n <= 4096 or not 0 <= args.seed < 2**63:
+        raise UsageError(f"--steps must be in [1, 100], --n in [2, 4096], --seed >= 0; got "
+                         f"{args.steps}, {args.n}, {args.seed}")
+    model = load(args.checkpoint)
+    sampler = args.sampler or model.config.sample.sampler
+    started = time.perf_counter()
+    sigmas = model.optimize_schedule(sampler, args.steps, args.n, args.seed)
+    print(f"{sampler}, {args.steps} steps, optimized on {args.n} trajectories in "
+          f"{time.perf_counter() - started:.1f} s: "
+          f"{' '.join(f'{s:.4g}' for s in sigmas.tolist())}")
+    print(f"saved in {Path(args.checkpoint) / 'schedules.json'}; use: difflab sample "
+          f"{args.checkpoint} --sampler {sampler} --steps {args.steps} --grid optimized")
     return 0
 
 

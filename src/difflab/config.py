@@ -297,8 +297,8 @@ def validate(config: TrainConfig) -> TrainConfig:
 
     check(smp.sampler in SAMPLERS, "sample.sampler", smp.sampler,
           f"choose from {', '.join(SAMPLERS)}")
-    check(smp.grid is None or smp.grid in GRIDS, "sample.grid", smp.grid,
-          f"choose from {', '.join(GRIDS)} (or none: the model's grid)")
+    check(smp.grid is None or smp.grid in (*GRIDS, "optimized"), "sample.grid", smp.grid,
+          f"choose from {', '.join(GRIDS)}, optimized (or none: the model's grid)")
     try:
         config.net.validate()
     except ValueError as e:

@@ -46,12 +46,53 @@ class Model:
                  class_label: int | None = None, batch_size: int = 250, **options) -> torch.Tensor:
         """``n`` samples in [-1, 1] (the model's data range); None means the run's recipe."""
         recipe = self.config.sample
+        sampler, steps = sampler or recipe.sampler, steps or recipe.steps
+        grid = grid if grid is not None else recipe.grid
+        if grid == "optimized":
+            grid = self.optimized_sigmas(sampler, steps)
         return generate(self.denoiser, self.shape.item, self.shape.num_classes, n,
-                        sampler=sampler or recipe.sampler, steps=steps or recipe.steps,
-                        grid=grid if grid is not None else recipe.grid,
+                        sampler=sampler, steps=steps, grid=grid,
                         guidance=recipe.guidance if guidance is None else guidance, seed=seed,
                         batch_size=batch_size, class_label=class_label,
                         precision=self.precision, **options)
+
+    def optimized_sigmas(self, sampler: str, steps: int) -> torch.Tensor:
+        """The grid ``difflab schedule`` optimized for this run, sampler and steps."""
+        from difflab.diffusion.schedule_store import SCHEDULES_FILE, load_schedules, schedule_key
+
+        run_dir = self.path if self.path.is_dir() else self.path.parent
+        key = schedule_key(sampler, steps)
+        saved = load_schedules(run_dir)
+        if key not in saved:
+            raise ValueError(f"{run_dir / SCHEDULES_FILE}: no optimized grid for {sampler} at "
+                             f"{steps} steps (make one: difflab schedule {run_dir} --sampler "
+                             f"{sampler} --steps {steps})")
+        return saved[key]["sigmas"]
+
+    def optimize_schedule(self, sampler: str, steps: int, n: int = 32, seed: int = 0,
+                          guidance: float | None = None) -> torch.Tensor:
+        """Optimize the sigma grid of ``sampler`` at ``steps`` steps for this model from ``n``
+        of its own trajectories (``difflab.diffusion.schedule_search``: GITS dynamic
+        programming, selection against fixed grids, refinement), save it in the run's
+        schedules.json and return it. Conditional runs use labels cycling 0..K-1 and the run's
+        guidance, as sampling does."""
+        from difflab.device import autocast
+        from difflab.diffusion.generation import class_labels
+        from difflab.diffusion.schedule_search import search_schedule
+        from difflab.diffusion.schedule_store import save_schedule, schedule_key
+
+        generator = torch.Generator(self.device).manual_seed(seed)
+        noise = torch.randn((n, *self.shape.item), generator=generator, device=self.device)
+        cond = class_labels(0, n, self.shape.num_classes)
+        guidance = self.config.sample.guidance if guidance is None else guidance
+        with autocast(self.device, self.precision):
+            found = search_schedule(self.denoiser, sampler, steps, noise,
+                                    cond=None if cond is None else cond.to(self.device),
+                                    guidance=guidance if self.shape.num_classes else 1.0)
+        run_dir = self.path if self.path.is_dir() else self.path.parent
+        save_schedule(run_dir, schedule_key(sampler, steps), found.sigmas,
+                      {**found.meta, "trajectories": n, "seed": seed, "guidance": guidance})
+        return found.sigmas
 
     def sample(self, n: int, steps: int | None = None, sampler: str | None = None,
                guidance: float | None = None, seed: int = 0, **options) -> torch.Tensor:

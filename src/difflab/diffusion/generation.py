@@ -51,11 +51,18 @@ def get_sampler(name: str):
     return SAMPLERS[name]
 
 
-def model_sigmas(denoiser, steps: int, grid: str | None = None) -> torch.Tensor:
-    """The sigma grid of ``steps`` steps for a denoiser: ``grid`` by name, or by default the
-    trained DDPM grid for DDPM-trained models and the Karras grid otherwise."""
+def model_sigmas(denoiser, steps: int, grid=None) -> torch.Tensor:
+    """The sigma grid of ``steps`` steps for a denoiser: ``grid`` by name, or an explicit grid (a
+    decreasing sequence of steps + 1 levels ending in 0, e.g. an optimized one), or by default
+    the trained DDPM grid for DDPM-trained models and the Karras grid otherwise."""
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+    if grid is not None and not isinstance(grid, str):
+        sigmas = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
+        if len(sigmas) != steps + 1 or sigmas[-1] != 0 or not (sigmas[1:] < sigmas[:-1]).all():
+            raise ValueError(f"an explicit sigma grid for {steps} steps must hold {steps + 1} "
+                             f"decreasing levels ending in 0, got {sigmas.tolist()}")
+        return sigmas
     alpha_bar = getattr(denoiser, "alpha_bar", None)
     if grid is None:
         grid = "ddpm" if alpha_bar is not None else "karras"
@@ -63,7 +70,7 @@ def model_sigmas(denoiser, steps: int, grid: str | None = None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid: str | None = None,
+def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid=None,
            cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
            guidance_scale: float = 1.0, callback=None, **options) -> torch.Tensor:
     """One batch of ``shape`` from a denoiser: build the sigma grid, draw the start noise on the
@@ -88,7 +95,7 @@ def class_labels(start: int, count: int, num_classes: int, class_label: int | No
 
 @torch.no_grad()
 def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, steps: int,
-             grid: str | None = None, guidance: float = 1.0, seed: int = 0,
+             grid=None, guidance: float = 1.0, seed: int = 0,
              batch_size: int = 250, class_label: int | None = None, precision: str = "fp32",
              **options) -> torch.Tensor:
     """``n`` samples in [-1, 1], float32, shape ``[n, *item_shape]``, on the denoiser's device.
