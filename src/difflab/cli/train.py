@@ -1,0 +1,93 @@
+"""``difflab train``: flags declared against the config dataclasses, then ``--config`` and
+``--set``; trains, finishes the run (``difflab.runs.train_run``)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+# flag -> (config field, help). Type and default come from the config dataclass.
+TRAIN_FLAGS = {
+    "--data": ("data.dataset", "data set: mnist, cifar10, digits or folder"),
+    "--data-dir": ("data.data_dir", "folder with the data files (else $DIFFLAB_DATA, else "
+                   "~/.cache/difflab/data)"),
+    "--folder": ("data.folder", "image folder for --data folder"),
+    "--out": ("loop.out", "run directory"),
+    "--steps": ("loop.steps", "stop after this many steps (alone: no time limit)"),
+    "--minutes": ("loop.minutes", "stop after this much training time"),
+    "--threads": ("loop.threads", "torch CPU threads"),
+    "--eval-every": ("loop.eval_every", "log FID/KID (difflab features, test split) every K "
+                     "steps (0: off)"),
+    "--eval-n": ("loop.eval_n", "samples per evaluation"),
+    "--seed": ("run.seed", "seed of initialization, data order and noise"),
+    "--device": ("run.device", "cpu, cuda, cuda:N or mps"),
+    "--precision": ("run.precision", "auto (bf16 only where the hardware runs it natively), "
+                    "bf16 or fp32"),
+    "--batch-size": ("optim.batch_size", "images per step"),
+    "--final-samples": ("sample.final_samples", "samples saved to samples.npz at the end"),
+}
+
+
+def config_field(dotted: str):
+    """(section dataclass, field) of ``section.field`` in TrainConfig; KeyError if it does not exist."""
+    from difflab.config import TrainConfig
+
+    section, _, name = dotted.partition(".")
+    sections = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    target = sections[section].default_factory()
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    return target, fields[name]
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a diffusion model (default: the MNIST recipe)",
+                       description="Train a denoiser, then sample it and write report.md in the "
+                       "run directory.")
+    for flag, (dotted, help_text) in TRAIN_FLAGS.items():
+        target, fld = config_field(dotted)  # KeyError here if a flag names no config field
+        default = getattr(target, fld.name)
+        p.add_argument(flag, dest=dotted, metavar=fld.name.upper(),
+                       help=f"{help_text} ({dotted}, default {default})")
+    p.add_argument("--unconditional", dest="data.class_conditional", action="store_const",
+                   const="false", help="ignore labels (default: class-conditional training with "
+                   "label dropout, sampled with classifier-free guidance)")
+    p.add_argument("--no-bf16", dest="run.precision", action="store_const", const="fp32",
+                   help="the same as --precision fp32")
+    p.add_argument("--config", help="TOML or JSON file of config sections")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty "
+                   "directory that is not a difflab run (refused otherwise)")
+    p.set_defaults(func=cmd_train)
+
+
+def train_config(args):
+    """The TrainConfig of ``difflab train`` arguments: defaults, then --config, then flags,
+    then --set; validated."""
+    from difflab.config import TrainConfig, load_file, parse_overrides, update, validate
+
+    config = TrainConfig()
+    if args.config:
+        update(config, load_file(args.config))
+    flags = {}
+    for dotted in [d for d, _ in TRAIN_FLAGS.values()] + ["data.class_conditional", "run.precision"]:
+        value = getattr(args, dotted, None)
+        if value is not None:
+            section, _, name = dotted.partition(".")
+            flags.setdefault(section, {})[name] = value
+    update(config, flags)
+    if getattr(args, "loop.steps") is not None and getattr(args, "loop.minutes") is None:
+        config.loop.minutes = None  # --steps alone means "exactly this many steps"
+    update(config, parse_overrides(args.set))
+    return validate(config)
+
+
+def cmd_train(args) -> int:
+    from difflab.runs import train_run
+
+    config = train_config(args)
+    report = train_run(config, resume=args.resume, force=args.force)
+    print(f"report: {report}")
+    print(f"samples: {Path(config.loop.out) / 'samples.png'}")
+    return 0
