@@ -121,9 +121,11 @@ class Model:
         """Remove Gaussian noise of std ``sigma`` (in [0, 1] pixel units)."""
         return self.restore(images, "denoise", sigma=sigma, **options)
 
-    def deblur(self, images, kernel: str = "gaussian:1.0", **options):
-        """Undo a blur with ``kernel`` ``gaussian:STD`` or ``box:SIZE`` (circular)."""
-        return self.restore(images, "deblur", kernel=kernel, **options)
+    def deblur(self, images, kernel: str = "gaussian:1.0", sigma: float | None = None,
+               **options):
+        """Undo a blur with ``kernel`` ``gaussian:STD`` or ``box:SIZE`` (circular); ``sigma``:
+        noise std of the blurred images in [0, 1] units (default: 8-bit rounding noise)."""
+        return self.restore(images, "deblur", kernel=kernel, sigma=sigma, **options)
 
     def colorize(self, images, **options):
         """Colour grayscale ``images`` [N, 1, H, W] (colour models)."""

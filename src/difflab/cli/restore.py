@@ -35,6 +35,8 @@ def add_restore_parsers(sub) -> None:
         if task == "deblur":
             p.add_argument("--kernel", default="gaussian:1.0",
                            help="gaussian:STD or box:SIZE (default gaussian:1.0)")
+            p.add_argument("--sigma", type=float, default=None, help="noise std of the blurred "
+                           "image in [0, 1] pixel units (default: 8-bit rounding, 0.0011)")
         if task == "edit":
             p.add_argument("--strength", type=float, default=0.5,
                            help="how far to noise the image, 0 (unchanged) to 1 (a new sample)")
@@ -83,7 +85,7 @@ def cmd_restore(args) -> int:
     elif args.task == "denoise":
         options["sigma"] = args.sigma
     elif args.task == "deblur":
-        options["kernel"] = args.kernel
+        options["kernel"], options["sigma"] = args.kernel, args.sigma
     model = load(args.checkpoint)
     started = time.perf_counter()
     images = torch.from_numpy(pixels).float() / 255
