@@ -21,7 +21,8 @@ import torch
 
 from difflab.bench import run_benchmark
 from difflab.bench import executors
-from difflab.bench.executors import RecordWarning, read_records, record_problem, run_specs
+from difflab.bench.executors import run_specs
+from difflab.bench.records import RecordWarning, append_record, read_records, record_problem
 from difflab.bench.plan import TWO_D
 from difflab.bench.report import write_report
 from difflab.bench.runner import ARM_KNOBS, RunSpec, hp
@@ -706,9 +707,9 @@ def test_resume_redoes_malformed_runs(tmp_path, monkeypatch):
     text = path.read_text().splitlines()
     assert len(text) == 3 and json.loads(text[0]) == broken     # nothing deleted
     with pytest.raises(ValueError, match="refusing to write a malformed record"):
-        executors.append_record(path, dict(record, seed=-1))
+        append_record(path, dict(record, seed=-1))
     with pytest.raises(ValueError, match="refusing"):
-        executors.append_record(path, dict(record, initial_loss=NAN))
+        append_record(path, dict(record, initial_loss=NAN))
     assert len(path.read_text().splitlines()) == 3
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from difflab.bench import run_benchmark
-from difflab.bench.executors import append_record, read_records, run_specs
+from difflab.bench.executors import run_specs
+from difflab.bench.records import append_record, read_records
 from difflab.bench.plan import get_budget, tuning_configs
 from difflab.bench.problems import build_model, load_problem
 from difflab.bench.runner import RunSpec, hp, run_one
@@ -113,7 +114,9 @@ def test_quick_benchmark_writes_whole_report(tmp_path):
                          log=lambda *_: None)
     text = path.read_text()
     for needle in ("## Verdicts", "| langevin | accuracy |", "| sghmc | overhead |",
-                   "Sensitivity", "## Step overhead", "difflab bench test", "+-0.5 points"):
+                   "Sensitivity", "## Step overhead", "difflab bench test", "+-0.5 points",
+                   "## Calibration", "| annealed | trajectory average: nll |",
+                   "## Noise isolated", "| sghmc | gap vs sghmc_twin |"):
         assert needle in text
     for png in ("learning_curves.png", "sensitivity.png", "heatmap_langevin.png"):
         assert (tmp_path / png).stat().st_size > 5000

@@ -6,10 +6,10 @@ import os
 import time
 from pathlib import Path
 
-from difflab.bench.executors import (EXECUTORS, append_record, check_ray_address, read_records,
-                                     run_specs)
+from difflab.bench.executors import EXECUTORS, check_ray_address, run_specs
 from difflab.bench.plan import BUDGETS, final_specs, get_budget, tuning_specs
 from difflab.bench.problems import PROBLEMS, load_problem
+from difflab.bench.records import append_record, read_records
 from difflab.bench.runner import ARMS, BASELINES
 
 __all__ = ["run_benchmark", "ARMS", "BUDGETS", "EXECUTORS", "PROBLEMS"]

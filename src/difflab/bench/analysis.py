@@ -7,6 +7,15 @@ the last epoch, divergence rate over the tuning grid, spikes; overfitting = fina
 accuracy gap; sensitivity = width in log10(lr) of the region within 95% of the best tuning
 accuracy; overhead = median step() time relative to SGD. Equivalence margins: +-0.5 accuracy
 points, +-10% for times and oscillation, +-10% for the step-time ratio.
+
+Calibration (own Holm family, so the primary table is unchanged): test NLL and Brier of each
+Langevin-family arm's final iterate and of its trajectory average (mean test softmax over the
+last epoch's thinned iterates, ``runner.trajectory_schedule``) against the strongest baseline's
+final iterate, relative, margin +-10%; ECE (15 bins) in points (x100), margin +-1 point.
+
+Noise isolated (own Holm family): each noisy arm against its noiseless twin (``runner.TWINS``:
+the same update with temperature 0, the partner's selected lr, the same seeds), diff = noisy -
+twin: test accuracy and train-minus-test gap (points, +-0.5), final-iterate test NLL (+-10%).
 """
 from __future__ import annotations
 
@@ -15,11 +24,12 @@ import math
 import numpy as np
 
 from difflab.bench.plan import final_val_acc, select
-from difflab.bench.runner import BASELINES, LANGEVIN_ARMS
+from difflab.bench.runner import BASELINES, LANGEVIN_ARMS, TWINS
 from difflab.bench.stats import bootstrap_ci, holm, paired_permutation_p, verdict
 
 ACC_MARGIN = 0.5            # accuracy points
 REL_MARGIN = 10.0           # percent
+ECE_MARGIN = 1.0            # ECE points (ECE x 100)
 TARGET_FRACTION = 0.95
 SENSITIVITY_FRACTION = 0.95
 
@@ -95,6 +105,90 @@ def _paired(base: list[dict], arm: list[dict], metric: str, target: float) -> np
     return np.array([[a[s], b[s]] for s in seeds if a[s] is not None and b[s] is not None], float)
 
 
+def _row(arm: str, question: str, metric: str, vs: str, pairs: np.ndarray, kind: str,
+         margin: float, unit: str, better: int) -> dict:
+    """One tested row from [n, 2] (arm, reference) values paired by seed."""
+    if pairs.size == 0:
+        diffs = np.array([])
+    elif kind == "abs":
+        diffs = pairs[:, 0] - pairs[:, 1]
+    else:
+        scale = abs(pairs[:, 1].mean()) or 1.0
+        diffs = 100 * (pairs[:, 0] - pairs[:, 1]) / scale
+    sd = diffs.std(ddof=1) if diffs.size > 1 else float("nan")
+    return {"arm": arm, "question": question, "metric": metric, "vs": vs, "n": int(diffs.size),
+            "arm_mean": float(pairs[:, 0].mean()) if pairs.size else None,
+            "base_mean": float(pairs[:, 1].mean()) if pairs.size else None,
+            "diff": float(diffs.mean()) if diffs.size else float("nan"),
+            "dz": float(diffs.mean() / sd) if sd and sd == sd and sd > 0 else None,
+            "ci": bootstrap_ci(diffs), "p": paired_permutation_p(diffs),
+            "margin": margin, "unit": unit, "better": better}
+
+
+def _decide(rows: list[dict]) -> list[dict]:
+    """Holm over ``rows`` (one family) and the verdict of each."""
+    for r, p in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = p
+        r["verdict"] = verdict(r["ci"], p, r["margin"], r["better"], r["unit"])
+    return rows
+
+
+def calibration_value(r: dict, source: str, metric: str) -> float | None:
+    """``metric`` (nll, brier, ece) of a final record's final iterate (source "final") or
+    trajectory average ("average"); None when not recorded or diverged. ECE in points."""
+    cal = r.get("calibration")
+    if cal is None:
+        return None
+    values = cal.get("final") if source == "final" else (cal.get("average") or {}).get("metrics")
+    if values is None:
+        return None
+    return 100 * values[metric] if metric == "ece" else values[metric]
+
+
+CALIBRATION_TESTS = (("nll", "rel", REL_MARGIN, "%"), ("brier", "rel", REL_MARGIN, "%"),
+                     ("ece", "abs", ECE_MARGIN, "points"))
+
+
+def calibration_rows(finals: dict[str, list[dict]], base: str) -> list[dict]:
+    """Final iterate and trajectory average of each Langevin-family arm vs the strongest
+    baseline's final iterate (lower is better); [] when the records hold no calibration."""
+    if not any("calibration" in r for runs in finals.values() for r in runs):
+        return []
+    rows = []
+    for arm in [a for a in LANGEVIN_ARMS if a in finals]:
+        for source in ("final", "average"):
+            for metric, kind, margin, unit in CALIBRATION_TESTS:
+                a = {r["seed"]: calibration_value(r, source, metric) for r in finals[arm]}
+                b = {r["seed"]: calibration_value(r, "final", metric) for r in finals[base]}
+                pairs = np.array([[a[s], b[s]] for s in sorted(set(a) & set(b))
+                                  if a[s] is not None and b[s] is not None], float)
+                row = _row(arm, "calibration", metric, base, pairs, kind, margin, unit, -1)
+                row["source"] = source
+                rows.append(row)
+    return _decide(rows)
+
+
+TWIN_TESTS = (("test_acc", "abs", ACC_MARGIN, "points", +1), ("gap", "abs", ACC_MARGIN, "points", -1))
+
+
+def twin_rows(finals: dict[str, list[dict]], target: float) -> list[dict]:
+    """Noisy arm - its noiseless twin (same lr, same seeds), paired by seed."""
+    rows = []
+    for twin, (partner, _) in TWINS.items():
+        if twin not in finals or partner not in finals:
+            continue
+        for metric, kind, margin, unit, better in TWIN_TESTS:
+            pairs = _paired(finals[twin], finals[partner], metric, target)
+            rows.append(_row(partner, "noise", metric, twin, pairs, kind, margin, unit, better))
+        a = {r["seed"]: calibration_value(r, "final", "nll") for r in finals[partner]}
+        b = {r["seed"]: calibration_value(r, "final", "nll") for r in finals[twin]}
+        pairs = np.array([[a[s], b[s]] for s in sorted(set(a) & set(b))
+                          if a[s] is not None and b[s] is not None], float)
+        if pairs.size:
+            rows.append(_row(partner, "noise", "nll", twin, pairs, "rel", REL_MARGIN, "%", -1))
+    return _decide(rows)
+
+
 def check_one_sweep(parts: dict) -> None:
     """ValueError unless the records are one sweep: one problem, the final runs on one
     evaluation grid (records of different sweeps cannot be compared)."""
@@ -159,9 +253,10 @@ def verdict_rows(records: list[dict]) -> dict:
             r["verdict"] = verdict(r["ci"], 0.0, r["margin"], r["better"], r["unit"])
         else:
             r["verdict"] = verdict(r["ci"], p, r["margin"], r["better"], r["unit"])
-    sens = {arm: sensitivity(parts["tune"], arm) for arm in finals}
+    tuned = [arm for arm in finals if arm not in TWINS]
+    sens = {arm: sensitivity(parts["tune"], arm) for arm in tuned}
     diverge = {}
-    for arm in finals:
+    for arm in tuned:
         runs = [r for r in parts["tune"] if r["arm"] == arm and r["phase"] == "tune"]
         diverge[arm] = (sum(is_divergent(r) for r in runs), len(runs))
     summary = {}
@@ -180,4 +275,5 @@ def verdict_rows(records: list[dict]) -> dict:
             "epoch_min_val_loss": [m["epoch_min_val_loss"] for m in ms],
         }
     return {"baseline": base, "target": target, "rows": rows, "summary": summary,
+            "calibration": calibration_rows(finals, base), "twins": twin_rows(finals, target),
             "sensitivity": sens, "divergence": diverge, "parts": parts, "finals": finals}

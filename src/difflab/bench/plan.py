@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from difflab.bench.runner import ARMS, RunSpec, hp
+from difflab.bench.runner import ARMS, TWINS, RunSpec, hp
 
 BUDGETS = ("quick", "standard", "full")
 TUNE_SEED = 0
@@ -129,4 +129,13 @@ def final_specs(problem: str, budget: Budget, records: list[dict], threads: int 
             specs.append(RunSpec(problem, arm, h, FINAL_SEED0 + s, budget.final_epochs, "final",
                                  budget.final_n_train, budget.n_val, budget.n_test,
                                  evals_per_epoch=budget.evals_per_epoch, threads=threads))
+    # noiseless twins: the partner's selected lr and the same seeds, temperature 0
+    partners = {s.arm: s for s in specs}
+    for twin, (partner, _) in TWINS.items():
+        if partner in partners:
+            h = hp(lr=dict(partners[partner].hparams)["lr"])
+            for s in [s for s in specs if s.arm == partner]:
+                specs.append(RunSpec(problem, twin, h, s.seed, s.epochs, "final", s.n_train,
+                                     s.n_val, s.n_test, evals_per_epoch=s.evals_per_epoch,
+                                     threads=threads))
     return specs

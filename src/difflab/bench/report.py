@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from difflab.bench.analysis import (ACC_MARGIN, REL_MARGIN, TARGET_FRACTION, split_records,
-                                    verdict_rows)
-from difflab.bench.executors import read_records
+from difflab.bench.analysis import (ACC_MARGIN, ECE_MARGIN, REL_MARGIN, TARGET_FRACTION,
+                                    calibration_value, split_records, verdict_rows)
+from difflab.bench.records import read_records
 from difflab.bench.plan import final_val_acc
 
 QUESTION_TEXT = {"accuracy": "final test accuracy (points)",
@@ -51,6 +51,61 @@ def _answers(rows: list[dict]) -> list[str]:
         if parts:
             out.append(f"- **{question}** vs {[r for r in rows if r['question'] == question][0]['vs']}"
                        f" — " + "; ".join(parts) + ".")
+    return out + [""]
+
+
+def _row_line(r: dict, label: str) -> str:
+    return (f"| {r['arm']} | {label} | {_fmt(r['arm_mean'], 3)} | {_fmt(r['base_mean'], 3)} | "
+            f"{_fmt(r['diff'])} {r['unit']} | [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] | "
+            f"{_fmt(r['dz'])} | {r['n']} | {_fmt(r['p_holm'], 3)} | {r['verdict']} |")
+
+
+def _calibration_section(result: dict) -> list[str]:
+    finals, rows = result["finals"], result["calibration"]
+    if not rows:
+        return ["## Calibration", "", "Not recorded in these results (final runs written "
+                "before calibration was added to the records).", ""]
+    out = ["## Calibration", "",
+           "Test-set NLL, Brier score and ECE (15 equal-width bins, in points) of the final "
+           "iterate, and for the Langevin family (and the noiseless twins) of the trajectory "
+           "average: the mean of the test softmax probabilities over the last epoch's iterates "
+           "(fixed thinning, about 10 iterates). Lower is better. Mean +- std over seeds.", "",
+           "| arm | seeds | NLL | Brier | ECE pts | avg NLL | avg Brier | avg ECE pts | "
+           "averaged iterates |", "|---|---|---|---|---|---|---|---|---|"]
+    for arm, runs in finals.items():
+        cells = [_ms([calibration_value(r, src, m) for r in runs], 3)
+                 for src in ("final", "average") for m in ("nll", "brier", "ece")]
+        samples = [(r.get("calibration") or {}).get("average", {}).get("samples") for r in runs]
+        samples = [v for v in samples if v is not None]
+        out.append(f"| {arm} | {len(runs)} | " + " | ".join(cells)
+                   + f" | {samples[0] if samples else '-'} |")
+    out += ["", f"Verdicts against the strongest baseline's final iterate ({result['baseline']}), "
+            f"paired by seed; diff = arm - baseline; NLL and Brier relative (% of the baseline, "
+            f"margin +-{REL_MARGIN:g}%), ECE in points (margin +-{ECE_MARGIN:g}); 95% paired "
+            "bootstrap CI; exact sign-flip p, Holm-corrected over this table (its own family).",
+            "", "| arm | iterate: metric | arm | baseline | diff | 95% CI | d_z | n | p (Holm) | "
+            "verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        label = ("final" if r["source"] == "final" else "trajectory average") + f": {r['metric']}"
+        out.append(_row_line(r, label))
+    return out + [""]
+
+
+def _twin_section(result: dict) -> list[str]:
+    rows = result["twins"]
+    out = ["## Noise isolated: noisy arm vs its noiseless twin", ""]
+    if not rows:
+        return out + ["No twin runs in these results.", ""]
+    out += ["Each twin is the same optimizer with temperature 0 (langevin_twin = plain SGD "
+            "steps, sghmc_twin = SGD with momentum 0.9), run at the partner's selected learning "
+            "rate on the same seeds (same initialization and data order), so the paired "
+            "difference is the effect of the noise alone. diff = noisy - twin; accuracy and gap "
+            f"in points (margin +-{ACC_MARGIN}), final-iterate test NLL in % of the twin "
+            f"(margin +-{REL_MARGIN:g}%); Holm over this table.", "",
+            "| arm | metric vs twin | arm | twin | diff | 95% CI | d_z | n | p (Holm) | "
+            "verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(_row_line(r, f"{r['metric']} vs {r['vs']}"))
     return out + [""]
 
 
@@ -238,9 +293,10 @@ def _write_report(records: list[dict], issues: list[str], out: Path) -> Path:
             f"{_ms(s['seconds_to_target'], 1)} | {_ms(s['oscillation'], 4)} | "
             f"{_ms(s['spikes'], 1)} | {_ms(s['gap'])} | {_ms(s['gap_at_best'])} | "
             f"{_ms(s['test_loss_climb'], 3)} | {_ms(s['epoch_min_val_loss'])} |")
+    lines += [""] + _calibration_section(result) + _twin_section(result)
     if parts["overhead"]:
         oh = parts["overhead"][-1]
-        lines += ["", "## Step overhead", "",
+        lines += ["## Step overhead", "",
                   f"{oh['n_params']} parameters, batch {oh['batch_size']}, all optimizers in "
                   "their foreach implementation, interleaved in one process; ratio = median over "
                   "repeats of (arm / SGD) with 95% bootstrap CI.", "",

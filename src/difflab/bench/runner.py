@@ -22,13 +22,24 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from difflab.bench import calibration
 from difflab.bench.problems import Problem, load_problem
 from difflab.optim import Langevin
+from difflab.optim.cyclical import SamplingSchedule
+from difflab.optim.posterior import PredictiveAverage
 from difflab.optim.normal import kernel_available
 
 ARMS = ("sgd", "momentum", "momentum_wd", "adam", "langevin", "tutorial", "sghmc", "annealed")
 BASELINES = ("sgd", "momentum", "momentum_wd", "adam")
 LANGEVIN_ARMS = ("langevin", "tutorial", "sghmc", "annealed")
+# noiseless twins (final runs only): the partner Langevin arm's selected lr and seeds with
+# temperature 0, i.e. the same update rule without the noise. twin -> (partner, its baseline)
+TWINS = {"langevin_twin": ("langevin", "sgd"), "sghmc_twin": ("sghmc", "momentum")}
+RUN_ARMS = ARMS + tuple(TWINS)      # every arm a run record may carry
+# arms whose final records also hold the trajectory average of test predictions
+AVERAGED_ARMS = LANGEVIN_ARMS + tuple(TWINS)
+CALIBRATION_BINS = 15
+TRAJECTORY_SAMPLES = 10   # thinning = steps_per_epoch // TRAJECTORY_SAMPLES over the last epoch
 # the second hyperparameter each arm reads (all arms read lr)
 ARM_KNOBS = {"momentum_wd": "weight_decay", "langevin": "temperature_n", "tutorial": "noise_std",
              "sghmc": "temperature_n", "annealed": "eta"}
@@ -63,10 +74,12 @@ class RunSpec:
 
         if not isinstance(self.problem, str) or not self.problem:
             bad("problem", "a non-empty string")
-        if self.arm not in ARMS:
-            bad("arm", f"choose from {', '.join(ARMS)}")
+        if self.arm not in RUN_ARMS:
+            bad("arm", f"choose from {', '.join(RUN_ARMS)}")
         if self.phase not in ("tune", "grid", "final"):
             bad("phase", "choose from tune, grid, final")
+        if self.arm in TWINS and self.phase != "final":
+            bad("phase", f"arm {self.arm} runs in the final phase only")
         for name, lo in (("seed", 0), ("epochs", 1), ("batch_size", 1), ("evals_per_epoch", 1),
                          ("threads", 1)):
             v = getattr(self, name)
@@ -128,6 +141,11 @@ def make_optimizer(arm: str, params, hparams: dict, n_train: int, seed: int):
     if arm == "annealed":
         return Langevin(params, lr=lr, temperature=hparams["eta"], noise="annealed",
                         gamma=0.55, seed=noise_seed)
+    if arm == "langevin_twin":
+        return Langevin(params, lr=lr, temperature=0.0, noise="langevin", seed=noise_seed)
+    if arm == "sghmc_twin":
+        return Langevin(params, lr=lr, temperature=0.0, noise="langevin", momentum=0.9,
+                        seed=noise_seed)
     raise ValueError(f"unknown optimizer arm {arm!r} (choose from {', '.join(ARMS)})")
 
 
@@ -171,8 +189,43 @@ def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def run_one(spec: RunSpec, data_dir: str | None = None) -> dict:
-    """Train one model as described by ``spec`` and return its record."""
+class _Chunked(torch.nn.Module):
+    """``model`` applied in chunks of ``batch`` rows (bounded memory on the whole test set)."""
+
+    def __init__(self, model, batch: int = 1000):
+        super().__init__()
+        self.model, self.batch = model, batch
+
+    def forward(self, x):
+        return torch.cat([self.model(x[i:i + self.batch]) for i in range(0, x.shape[0], self.batch)])
+
+
+def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict | None:
+    """Test NLL, Brier and ECE (``CALIBRATION_BINS`` bins) of class probabilities; None if any
+    probability is not finite (a diverged model)."""
+    if not torch.isfinite(probs).all():
+        return None
+    out = {"nll": calibration.nll(probs, labels), "brier": calibration.brier(probs, labels),
+           "ece": calibration.ece(probs, labels, bins=CALIBRATION_BINS)}
+    return out if all(math.isfinite(v) for v in out.values()) else None
+
+
+def trajectory_schedule(epochs: int, steps_per_epoch: int) -> SamplingSchedule:
+    """The iterates averaged for ``calibration.average``: the last epoch's steps, thinned to
+    about ``TRAJECTORY_SAMPLES`` (0-based global steps burn_in + thinning - 1, ...)."""
+    return SamplingSchedule(burn_in=(epochs - 1) * steps_per_epoch,
+                            thinning=max(1, steps_per_epoch // TRAJECTORY_SAMPLES))
+
+
+def run_one(spec: RunSpec, data_dir: str | None = None, on_step=None) -> dict:
+    """Train one model as described by ``spec`` and return its record.
+
+    Final runs also get ``record["calibration"]``: ``{"bins": 15, "final": {nll, brier, ece}
+    or null, "average": ...}`` with the test NLL / Brier / ECE of the final iterate and, for
+    ``AVERAGED_ARMS``, ``"average"``: the same metrics of the mean of the test softmax
+    probabilities over the iterates ``trajectory_schedule`` selects (``PredictiveAverage``),
+    plus ``samples``, ``thinning`` and ``from_step``; metrics are null after a divergence.
+    ``on_step(model, step)`` (tests) is called after every optimizer step."""
     if torch.get_num_threads() != spec.threads:
         torch.set_num_threads(spec.threads)
     started = time.time()
@@ -196,6 +249,11 @@ def run_one(spec: RunSpec, data_dir: str | None = None) -> dict:
     initial_loss, _ = evaluate(model, problem.train_x[:n_train_eval], problem.train_y[:n_train_eval])
     recent = deque(maxlen=SPIKE_WINDOW)
     spikes, diverged, last_epoch_losses, running = 0, False, [], []
+    averager = None
+    if final_phase and spec.arm in AVERAGED_ARMS:
+        averager = PredictiveAverage(_Chunked(model), problem.test_x,
+                                     trajectory_schedule(spec.epochs, steps_per_epoch))
+    global_step = 0
 
     def record_eval(epoch_pos: float) -> None:
         curve["epoch"].append(round(epoch_pos, 6))
@@ -228,6 +286,11 @@ def run_one(spec: RunSpec, data_dir: str | None = None) -> dict:
                 break
             if len(recent) == SPIKE_WINDOW and value > SPIKE_FACTOR * sorted(recent)[len(recent) // 2]:
                 spikes += 1
+            if averager is not None:
+                averager.step()
+            if on_step is not None:
+                on_step(model, global_step)
+            global_step += 1
             recent.append(value)
             running.append(value)
             last_epoch_losses.append(value)
@@ -244,13 +307,30 @@ def run_one(spec: RunSpec, data_dir: str | None = None) -> dict:
     m = len(last_epoch_losses)
     mean_last = sum(last_epoch_losses) / m if m else float("nan")
     osc = math.sqrt(sum((v - mean_last) ** 2 for v in last_epoch_losses) / (m - 1)) if m > 1 else None
+    extra = {}
+    if final_phase:
+        cal: dict = {"bins": CALIBRATION_BINS, "final": None}
+        if not diverged:
+            with torch.no_grad():
+                model.eval()
+                probs = _Chunked(model)(problem.test_x).softmax(-1)
+                model.train()
+            cal["final"] = calibration_metrics(probs, problem.test_y)
+        if averager is not None:
+            sched = averager.schedule
+            ok = not diverged and averager.count > 0
+            cal["average"] = {"samples": averager.count, "thinning": sched.thinning,
+                              "from_step": sched.burn_in,
+                              "metrics": calibration_metrics(averager.mean, problem.test_y)
+                              if ok else None}
+        extra["calibration"] = cal
     return {
         "key": spec.key, "problem": spec.problem, "arm": spec.arm, "hparams": hparams,
         "seed": spec.seed, "phase": spec.phase, "epochs": spec.epochs, "n_train": problem.n_train,
         "n_val": problem.val_x.shape[0], "n_test": problem.test_x.shape[0],
         "batch_size": bs, "n_params": n_params, "env": environment(spec.threads),
         "initial_loss": initial_loss, "diverged": diverged, "spikes": spikes,
-        "last_epoch_loss_std": osc, "curve": curve,
+        "last_epoch_loss_std": osc, "curve": curve, **extra,
         "timing": {"train_seconds": train_seconds, "wall_seconds": time.time() - started,
                    "started": started, "finished": time.time()},
     }

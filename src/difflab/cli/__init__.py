@@ -39,7 +39,7 @@ def build_parser() -> Parser:
 def one_line_warnings(default, message, category, filename, lineno, file=None, line=None):
     """``warnings.showwarning`` for the CLI: our own warnings (e.g. a skipped line of a bench
     results file) as one line ``difflab: warning: ...``; others through ``default``."""
-    from difflab.bench.executors import RecordWarning
+    from difflab.bench.records import RecordWarning
 
     if issubclass(category, RecordWarning):
         print(f"difflab: warning: {message}", file=sys.stderr)
