@@ -17,8 +17,8 @@ import torch
 from difflab.config import TrainConfig, update, validate
 from difflab.device import resolve_device, resolve_precision
 from difflab.diffusion.generation import generate
-from difflab.evaluation.evaluate import (SHAPES, _floor_reference, difflab_extractor,
-                                         evaluate_images, reference_features)
+from difflab.evaluation.evaluate import (SHAPES, difflab_extractor, evaluate_images,
+                                         floor_reference, reference_features)
 from difflab.evaluation.metrics import MetricsError
 from difflab.evaluation.report import save_grid, save_npz, write_report
 from difflab.training.checkpoint import load_denoiser, read_checkpoint
@@ -173,7 +173,7 @@ def make_training_evaluator(config: TrainConfig, precision: str):
                            f"images, got data.image_size={config.data.image_size}")
     reference = f"{dataset}-test"
     extractor = difflab_extractor(dataset)
-    for ref in (reference, _floor_reference(reference)):
+    for ref in (reference, floor_reference(reference)):
         reference_features(ref, extractor, config.data.data_dir, verbose=True)
     smp = config.sample
 

@@ -127,7 +127,7 @@ def cmd_eval(args) -> int:
         if args.inception_weights:
             extractors.append(ev.inception_extractor(args.inception_weights))
         for e in extractors:
-            for ref in (args.ref, ev._floor_reference(args.ref)):
+            for ref in (args.ref, ev.floor_reference(args.ref)):
                 feats, _ = ev.reference_features(ref, e, args.data_dir, verbose=True)
                 print(f"{ref}: {len(feats)} images, {feats.shape[1]}-d {e.name} features cached in "
                       f"{ev.cache_dir() / f'{ref}-{e.tag}.npz'}")

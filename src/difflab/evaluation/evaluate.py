@@ -101,7 +101,8 @@ def reference_features(reference: str, extractor: Extractor, data_dir=None, verb
     return features, probs
 
 
-def _floor_reference(reference: str) -> str:
+def floor_reference(reference: str) -> str:
+    """The other split of the same data set (the real-vs-real floor's images)."""
     dataset, split = parse_reference(reference)
     return f"{dataset}-{'train' if split == 'test' else 'test'}"
 
@@ -145,7 +146,7 @@ def evaluate_images(images: torch.Tensor, reference: str = "mnist-test", data_di
     result = {"reference": reference, "features": extractors[0][1].name}
     for prefix, ex in extractors:
         ref, _ = reference_features(reference, ex, data_dir, verbose)
-        pool, _ = reference_features(_floor_reference(reference), ex, data_dir, verbose)
+        pool, _ = reference_features(floor_reference(reference), ex, data_dir, verbose)
         fake, probs = ex(images)
         for key, value in score_features(fake, probs, ref, pool, seed, kid_subsets).items():
             result[prefix + key] = value
