@@ -219,22 +219,7 @@ def verdict_rows(records: list[dict]) -> dict:
     for arm in [a for a in LANGEVIN_ARMS if a in finals]:
         for question, metric, better, kind, margin, unit in tests:
             pairs = _paired(finals[base], finals[arm], metric, target)
-            if pairs.size == 0:
-                diffs = np.array([])
-            elif kind == "abs":
-                diffs = pairs[:, 0] - pairs[:, 1]
-            else:
-                scale = abs(pairs[:, 1].mean()) or 1.0
-                diffs = 100 * (pairs[:, 0] - pairs[:, 1]) / scale
-            sd = diffs.std(ddof=1) if diffs.size > 1 else float("nan")
-            rows.append({"arm": arm, "question": question, "metric": metric,
-                         "vs": base, "n": int(diffs.size),
-                         "arm_mean": float(pairs[:, 0].mean()) if pairs.size else None,
-                         "base_mean": float(pairs[:, 1].mean()) if pairs.size else None,
-                         "diff": float(diffs.mean()) if diffs.size else float("nan"),
-                         "dz": float(diffs.mean() / sd) if sd and sd == sd and sd > 0 else None,
-                         "ci": bootstrap_ci(diffs), "p": paired_permutation_p(diffs),
-                         "margin": margin, "unit": unit, "better": better})
+            rows.append(_row(arm, question, metric, base, pairs, kind, margin, unit, better))
         if parts["overhead"]:
             oh = parts["overhead"][-1]["arms"]
             if arm in oh:
