@@ -153,3 +153,10 @@ def test_report_has_calibration_and_twin_sections(tmp_path):
         assert needle in text, needle
     assert np.isfinite(float(text.split("| langevin | trajectory average: nll | ")[1]
                              .split(" |")[0]))
+
+
+def test_report_wall_time_leaves_out_pauses_between_invocations():
+    from difflab.bench.report import busy_seconds
+
+    assert busy_seconds([(1000.0, 1010.0), (0.0, 10.0), (10.5, 20.0)]) == 30.0
+    assert busy_seconds([(0.0, 10.0), (5.0, 8.0)]) == 10.0 and busy_seconds([]) == 0.0

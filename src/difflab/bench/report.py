@@ -210,6 +210,20 @@ def write_report(results: str | Path, out: str | Path) -> Path:
                          f"({type(e).__name__}: {e})") from e
 
 
+def busy_seconds(intervals: list[tuple[float, float]], pause: float = 60.0) -> float:
+    """Length of the union of (start, end) intervals, where gaps of at most ``pause`` seconds
+    count as busy: the wall time of a sweep without the time between its invocations."""
+    total, current = 0.0, None
+    for start, end in sorted(intervals):
+        if current is not None and start <= current[1] + pause:
+            current[1] = max(current[1], end)
+            continue
+        if current is not None:
+            total += current[1] - current[0]
+        current = [start, end]
+    return total + (current[1] - current[0] if current is not None else 0.0)
+
+
 def _write_report(records: list[dict], issues: list[str], out: Path) -> Path:
     if not split_records(records)["tune"]:
         raise ValueError("no tuning records (the report needs the tuning phase)")
@@ -219,8 +233,7 @@ def _write_report(records: list[dict], issues: list[str], out: Path) -> Path:
     plots = _plots(result, out)
     runs = parts["tune"] + parts["final"]
     env = runs[0]["env"]
-    started = min(r["timing"]["started"] for r in runs)
-    finished = max(r["timing"]["finished"] for r in runs)
+    wall = busy_seconds([(r["timing"]["started"], r["timing"]["finished"]) for r in runs])
     compute = sum(r["timing"]["wall_seconds"] for r in runs)
     meta = parts["meta"][-1] if parts["meta"] else {}
     f = parts["final"][0]
@@ -232,7 +245,8 @@ def _write_report(records: list[dict], issues: list[str], out: Path) -> Path:
         f"thread(s) per run, host CPUs {env['host_cpus']}.",
         f"- Runs: {len(parts['tune'])} tuning/grid runs, {len(parts['final'])} final runs; "
         f"summed run time {compute / 60:.1f} min; first start to last finish "
-        f"{(finished - started) / 60:.1f} min (wall time).",
+        f"{wall / 60:.1f} min (wall time; pauses of over a minute between runs, e.g. between "
+        "the invocations of a resumed sweep, left out).",
         f"- Tuning: {len(parts['tune'])} runs (equal budget per arm, seed 0) on "
         f"{parts['tune'][0]['n_train']} train images for {parts['tune'][0]['epochs']} epochs; "
         "selection on final validation accuracy; heatmap-only runs are never selected.",
