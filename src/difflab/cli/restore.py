@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from difflab.cli.args import UsageError
+from difflab.cli.args import UsageError, check_steps_and_seed
 
 
 RESTORE_HELP = {"inpaint": "fill the pixels a mask marks black",
@@ -60,10 +60,7 @@ def cmd_restore(args) -> int:
     from difflab.evaluation.report import save_image
     from difflab.runs import load
 
-    if args.steps is not None and not 1 <= args.steps <= 10_000:
-        raise UsageError(f"--steps must be in [1, 10000], got {args.steps}")
-    if not 0 <= args.seed < 2**63:
-        raise UsageError(f"--seed must be in [0, 2^63), got {args.seed}")
+    check_steps_and_seed(args.steps, args.seed)
     strength = getattr(args, "strength", 0.5)
     if not 0 <= strength <= 1:
         raise UsageError(f"--strength must be in [0, 1], got {strength}")

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from difflab.cli.args import UsageError, check_sampling_args
+from difflab.cli.args import UsageError, check_sampling_args, check_steps_and_seed
 
 
 def add_sample_parser(sub) -> None:
@@ -179,9 +179,9 @@ def eval_nll(args, images) -> int:
 def cmd_schedule(args) -> int:
     from difflab.runs import load
 
-    if not 1 <= args.steps <= 100 or not 2 <= args.n <= 4096 or not 0 <= args.seed < 2**63:
-        raise UsageError(f"--steps must be in [1, 100], --n in [2, 4096], --seed >= 0; got "
-                         f"{args.steps}, {args.n}, {args.seed}")
+    check_steps_and_seed(args.steps, args.seed, max_steps=100)
+    if not 2 <= args.n <= 4096:
+        raise UsageError(f"--n must be in [2, 4096], got {args.n}")
     model = load(args.checkpoint)
     sampler = args.sampler or model.config.sample.sampler
     started = time.perf_counter()

@@ -167,13 +167,35 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return pixels[:, None], bunch.target.astype(np.int64)
 
 
+def open_image(path: Path, mode: str | None = None):
+    """The decoded PIL image at ``path`` in ``mode`` ("L" or "RGB"; None: "L" for grayscale
+    files, "RGB" otherwise). DataError naming the file if it cannot be decoded or has more than
+    ``MAX_IMAGE_PIXELS`` pixels (corrupt, or a decompression bomb), checked before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{path}: {im.width}x{im.height} pixels is more than the "
+                                f"{MAX_IMAGE_PIXELS:,} an image may have (corrupt or a "
+                                "decompression bomb?)")
+            if mode is None:
+                mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+            return im.convert(mode)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: cannot decode image ({e})") from None
+
+
 def load_image_folder(folder, size: int, channels: int = 3) -> tuple[np.ndarray, np.ndarray | None]:
     """PNG/JPEG files below ``folder``, resized (shorter side) and center-cropped to ``size``.
 
     Images in sub-folders get the sub-folder's index (sorted names) as label; a flat folder has
     no labels.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if channels not in (1, 3):
         raise DataError(f"image folder: channels must be 1 or 3, got {channels}")
@@ -190,24 +212,12 @@ def load_image_folder(folder, size: int, channels: int = 3) -> tuple[np.ndarray,
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
     labels = np.empty(len(paths), dtype=np.int64)
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as im:
-                if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise DataError(f"{path}: {im.width}x{im.height} pixels is more than the "
-                                    f"{MAX_IMAGE_PIXELS:,} an image may have (corrupt or a "
-                                    "decompression bomb?)")
-                im = im.convert("L" if channels == 1 else "RGB")
-                scale = size / min(im.size)
-                w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
-                im = im.resize((w, h), Image.Resampling.BICUBIC)
-                left, top = (w - size) // 2, (h - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-                arr = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
-                ValueError) as e:
-            if isinstance(e, DataError):
-                raise
-            raise DataError(f"{path}: cannot decode image ({e})") from None
+        im = open_image(path, "L" if channels == 1 else "RGB")
+        scale = size / min(im.size)
+        w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+        im = im.resize((w, h), Image.Resampling.BICUBIC)
+        left, top = (w - size) // 2, (h - size) // 2
+        arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
         out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
         labels[i] = class_names.index(path.parent.name) if labelled else -1
     return out, (labels if labelled else None)
@@ -216,8 +226,6 @@ def load_image_folder(folder, size: int, channels: int = 3) -> tuple[np.ndarray,
 def read_images(path) -> tuple[np.ndarray, list[str]]:
     """An image file, or a folder of them (sorted, all of one size), as they are: uint8
     ``[N, C, H, W]`` with C = 1 for grayscale files and 3 for colour ones, and their names."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path).expanduser()
     if path.is_dir():
         paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -229,18 +237,7 @@ def read_images(path) -> tuple[np.ndarray, list[str]]:
         raise DataError(f"{path}: no such image file or folder")
     arrays = []
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise DataError(f"{p}: {im.width}x{im.height} pixels is more than the "
-                                    f"{MAX_IMAGE_PIXELS:,} an image may have")
-                gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-                arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
-                ValueError) as e:
-            if isinstance(e, DataError):
-                raise
-            raise DataError(f"{p}: cannot decode image ({e})") from None
+        arr = np.asarray(open_image(p), dtype=np.uint8)
         arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
         if arrays[-1].shape != arrays[0].shape:
             raise DataError(f"{p}: {arrays[-1].shape[2]}x{arrays[-1].shape[1]} pixels with "

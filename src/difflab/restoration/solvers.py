@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from difflab.diffusion.samplers import ancestral_step, check_option
+from difflab.diffusion.samplers import ancestral_step, check_option, noise_like
 
 
 def check_sigmas(sigmas) -> list[float]:
@@ -52,14 +52,10 @@ def start_noise(shape, like: torch.Tensor, sigma: float, generator=None) -> torc
     return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device) * sigma
 
 
-def _randn(x, generator):
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
 def _ddim_step(x, x0, sigma, sigma_next, eta, generator):
     sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
     x_next = x0 + sigma_down * (x - x0) / sigma
-    return x_next + sigma_up * _randn(x, generator) if sigma_up > 0 else x_next
+    return x_next + sigma_up * noise_like(x, generator) if sigma_up > 0 else x_next
 
 
 def _finish(x, y, operator):
@@ -110,14 +106,14 @@ def restore_ddnm(denoiser, y, operator, sigmas, cond=None, generator=None, callb
         if operator.sigma_y == 0:
             x = x0 + operator.V(inv_s * residual) + sigma_down * eps
             if sigma_up > 0:
-                x = x + sigma_up * _randn(x, generator)
+                x = x + sigma_up * noise_like(x, generator)
             continue
         safe_std = torch.where(noise_std > 0, noise_std, 1.0)
         lam = torch.where(noise_std > sigma_up, sigma_up / safe_std, 1.0)
         gam = (sigma_up**2 - (lam * noise_std) ** 2).clamp(min=0)
         x = x0 + operator.V(lam * inv_s * residual) + sigma_down * eps
         if sigma_up > 0:
-            x = x + operator.V(gam.sqrt() * operator.Vt(_randn(x, generator)))
+            x = x + operator.V(gam.sqrt() * operator.Vt(noise_like(x, generator)))
     return _finish(x, y, operator)
 
 
@@ -158,7 +154,7 @@ def restore_ddrm(denoiser, y, operator, sigmas, cond=None, generator=None, callb
         if callback is not None:
             callback(i, sigma, x, x0)
         x0_bar = operator.Vt(x0)
-        z_bar = operator.Vt(_randn(x, generator)) if sigma_next > 0 else torch.zeros_like(x0_bar)
+        z_bar = operator.Vt(noise_like(x, generator)) if sigma_next > 0 else torch.zeros_like(x0_bar)
         c = math.sqrt(1 - eta**2) * sigma_next
         unmeasured = x0_bar + c * (x_bar - x0_bar) / sigma + eta * sigma_next * z_bar
         below = x0_bar + c * (y_bar - x0_bar) / torch.where(n > 0, n, 1.0) + eta * sigma_next * z_bar
@@ -272,14 +268,14 @@ def restore_repaint(denoiser, y, operator, sigmas, cond=None, generator=None, ca
         sigma, sigma_next = levels[a], levels[b]
         if b < a:  # jump back up to sigma_next > sigma
             x = operator.V(_repaint_jump(operator.Vt(x), y_bar, n, kept, sigma, sigma_next,
-                                         operator.Vt(_randn(x, generator))))
+                                         operator.Vt(noise_like(x, generator))))
             continue
         x0 = denoiser(x, sigma, cond)
         if callback is not None:
             callback(evaluations, sigma, x, x0)
         evaluations += 1
         unknown = operator.Vt(_ddim_step(x, x0, sigma, sigma_next, eta, generator))
-        noise = operator.Vt(_randn(x, generator)) if sigma_next > 0 else 0.0
+        noise = operator.Vt(noise_like(x, generator)) if sigma_next > 0 else 0.0
         known = y_bar + (sigma_next**2 - n**2).clamp(min=0).sqrt() * noise
         x = operator.V(torch.where(kept & (sigma_next >= n), known, unknown))
     return _finish(x, y, operator)
