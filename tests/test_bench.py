@@ -1,5 +1,6 @@
 """difflab.bench: statistics oracles, deterministic and resumable runs, identical records across
 executors (sequential, process pool, local Ray on 2 CPUs), the report from records alone."""
+import importlib
 import json
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.bench import run_benchmark
+from difflab.bench import planned_keys, run_benchmark
 from difflab.bench.executors import run_specs
 from difflab.bench.records import append_record, read_records
 from difflab.bench.plan import get_budget, tuning_configs
@@ -88,7 +89,7 @@ def test_process_pool_gives_identical_records(tmp_path):
 
 def test_ray_local_two_cpus_gives_identical_records(tmp_path):
     if os.environ.get("CI", "").lower() == "true":
-        import ray  # noqa: F401  (CI installs the ray extra: a missing ray must fail, not skip)
+        importlib.import_module("ray")   # CI installs the ray extra: missing must fail, not skip
     else:
         pytest.importorskip("ray")
     seq = run_specs(_specs(), tmp_path / "seq.jsonl")
@@ -116,13 +117,30 @@ def test_quick_benchmark_writes_whole_report(tmp_path):
     for needle in ("## Verdicts", "| langevin | accuracy |", "| sghmc | overhead |",
                    "Sensitivity", "## Step overhead", "difflab bench test", "+-0.5 points",
                    "## Calibration", "| annealed | trajectory average: nll |",
-                   "## Noise isolated", "| sghmc | gap vs sghmc_twin |"):
-        assert needle in text
-    for png in ("learning_curves.png", "sensitivity.png", "heatmap_langevin.png"):
+                   "## Noise isolated", "| sghmc | gap vs sghmc_twin |",
+                   "## Ensembles at the same total epochs", "| deep_ensemble | ensemble: nll vs",
+                   "| langevin | trajectory average: acc vs snapshot (ensemble)",
+                   "## Robustness under shifted inputs", "| snapshot | ensemble: acc vs",
+                   "| annealed | trajectory average: entropy vs",
+                   "## Overfitting at matched training accuracy",
+                   "| tutorial | acc_gap at L =", "| langevin | loss_gap at L ="):
+        assert needle in text, needle
+    for png in ("learning_curves.png", "sensitivity.png", "heatmap_langevin.png",
+                "robustness.png"):
         assert (tmp_path / png).stat().st_size > 5000
-    n = len(read_records(tmp_path / "results.jsonl"))
-    run_benchmark("digits-mlp", "quick", tmp_path, log=lambda *_: None)   # resume: nothing new
-    assert len(read_records(tmp_path / "results.jsonl")) == n
+    records = read_records(tmp_path / "results.jsonl")
+    assert planned_keys(tmp_path / "results.jsonl") == {r["key"] for r in records
+                                                        if r.get("kind", "run") == "run"}
+    # a final run of an older plan (other length) stays in the file but out of the report
+    stale = json.loads(json.dumps(next(r for r in records if r.get("phase") == "final")))
+    spec = json.loads(stale["key"])
+    spec["epochs"] = stale["epochs"] = 5
+    stale["key"] = json.dumps(spec, sort_keys=True)
+    stale["curve"]["epoch"] = [2.5, 5.0]
+    append_record(tmp_path / "results.jsonl", stale)
+    path = run_benchmark("digits-mlp", "quick", tmp_path, log=lambda *_: None)  # resume: no run
+    assert len(read_records(tmp_path / "results.jsonl")) == len(records) + 1
+    assert "1 run record(s) of another plan" in path.read_text()
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -20,9 +20,10 @@ LANGEVIN_FINAL = RunSpec("digits-mlp", "langevin", hp(lr=0.1, temperature_n=100.
 
 
 def _metrics_finite(m):
-    assert set(m) == {"nll", "brier", "ece"}
+    assert set(m) == {"nll", "brier", "ece", "acc", "entropy"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
     assert m["nll"] >= 0 and 0 <= m["brier"] <= 2 and 0 <= m["ece"] <= 1
+    assert 0 <= m["acc"] <= 1 and 0 <= m["entropy"] <= math.log(10) + 1e-9
 
 
 def test_final_records_carry_finite_calibration_fields():

@@ -163,7 +163,7 @@ def test_sample_arrays_accept_uint8_nhwc_and_reject_bad_ranges():
 
 # ---------------------------------------------------------------- feature networks
 
-@pytest.mark.parametrize("name, threshold", [("mnist", 0.99), ("cifar10", 0.85)])
+@pytest.mark.parametrize("name, threshold", [("mnist", 0.99), ("cifar10", 0.85), ("mnist-alt", 0.99)])
 def test_shipped_feature_weights_load_and_record_accuracy(name, threshold):
     path, meta = classifier.weights_paths(name)
     assert path.stat().st_size < 5e6
@@ -180,6 +180,22 @@ def test_mnist_feature_net_classifies_real_test_images(data_dir):
     pixels, labels = load_mnist(data_dir, "test")
     _, probs = metrics.extract(net, to_float(pixels[:2000]))
     assert (probs.argmax(1) == labels[:2000]).mean() >= 0.98
+
+
+def test_second_mnist_feature_space_is_another_network():
+    """The second space must not be a copy of the first: other architecture, other seed, and
+    features that are not a linear image of the first network's."""
+    first, second = classifier.load_feature_net("mnist"), classifier.load_feature_net("mnist-alt")
+    assert type(first) is not type(second)
+    assert json.loads(classifier.weights_paths("mnist-alt")[1].read_text())["seed"] != \
+        json.loads(classifier.weights_paths("mnist")[1].read_text())["seed"]
+    x = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    a, _ = metrics.extract(first, x)
+    b, _ = metrics.extract(second, x)
+    a = np.c_[a, np.ones(len(a))]
+    fit = np.linalg.lstsq(a, b, rcond=None)[0]
+    explained = 1 - ((a @ fit - b) ** 2).sum() / ((b - b.mean(0)) ** 2).sum()
+    assert explained < 0.99
 
 
 def test_missing_feature_weights_say_how_to_train(tmp_path):
@@ -241,17 +257,21 @@ def test_eval_cli_scores_real_and_noise_samples(small_splits, data_dir, tmp_path
     noise = np.random.default_rng(0).random((500, 1, 28, 28), dtype=np.float32)
     np.savez(tmp_path / "noise.npz", samples=noise)
     assert main(["eval", "--ref", "mnist-test", "--data-dir", str(data_dir)]) == 0
-    assert len(list((tmp_path / "cache").glob("mnist-*.npz"))) == 2
+    assert len(list((tmp_path / "cache").glob("mnist-*.npz"))) == 4  # 2 splits x 2 feature nets
     assert main(["eval", str(tmp_path / "real.npz"), "--ref", "mnist-test", "--data-dir", str(data_dir),
                  "--json", str(tmp_path / "real.json")]) == 0
     out = capsys.readouterr().out
     assert "FID (difflab-MNIST features)" in out and "warning: N=500 is small" in out
+    assert "FID (difflab-MNIST-alt features)" in out
     assert main(["eval", str(tmp_path / "noise.npz"), "--ref", "mnist-test", "--data-dir", str(data_dir),
                  "--json", str(tmp_path / "noise.json")]) == 0
     r, z = json.loads((tmp_path / "real.json").read_text()), json.loads((tmp_path / "noise.json").read_text())
     assert r["n"] == 500 and r["floor_n"] == 500
     assert z["fid"] > 20 * r["fid"] and z["kid"] > 20 * abs(r["kid"]) and z["precision"] < 0.05
     assert r["precision"] > 0.5 and r["recall"] > 0.5 and 8 < r["is"] <= 10
+    # the second feature space sees the same: real near its floor, noise far off
+    assert r["alt_features"] == "difflab-MNIST-alt" and r["alt_precision"] > 0.5
+    assert z["alt_fid"] > 20 * r["alt_fid"] and r["alt_fid"] < 3 * r["alt_fid_floor"]
 
 
 def test_eval_cli_bad_input_is_one_line_error(small_splits, data_dir, tmp_path, capsys):

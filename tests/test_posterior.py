@@ -158,7 +158,7 @@ def test_gaussian_stationary_covariance_matches_discrete_lyapunov(friction):
     """Joint linear recursion of (v, theta - m) in eq. (15) form, solved exactly by scipy."""
     a = PROBLEM["precision"].numpy()
     h, temperature, mu = 5e-3, 0.8, 1.0 - friction
-    eye, zero = np.eye(4), np.zeros((4, 4))
+    eye = np.eye(4)
     if mu == 0:    # SGLD: x' = (I - hA) x + sqrt(2hT) xi
         transition, noise = eye - h * a, math.sqrt(2 * h * temperature) * eye
     else:          # v' = mu v - hA x + s xi, x' = x + v'

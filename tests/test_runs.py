@@ -19,6 +19,7 @@ from difflab.config import (RESUMABLE_SECTIONS, ConfigError, TrainConfig, from_d
                             parse_overrides, trajectory, update, upgrade_legacy)
 from difflab.data.shape import DataShape
 from difflab.diffusion.denoiser import build_denoiser
+from difflab.diffusion.generation import model_sigmas
 from difflab.training.checkpoint import read_checkpoint, save_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "difflab"
@@ -228,10 +229,17 @@ def test_optimized_schedule_is_saved_and_used_by_grid_optimized(run_dir, tmp_pat
     model = difflab.load(run)
     with pytest.raises(ValueError, match="no optimized grid for euler at 3 steps"):
         model.sample(2, steps=3, sampler="euler", grid="optimized")
+    # the recipe's grid is auto: without a saved grid, the fixed few-step rule
+    assert model.config.sample.grid == "auto"
+    few = model_sigmas(model.denoiser, 3, "auto", "euler")
+    assert torch.equal(model.sample(2, steps=3, sampler="euler"),
+                       model.sample(2, steps=3, sampler="euler", grid=few))
     assert cli.main(["schedule", str(run), "--sampler", "euler", "--steps", "3", "--n", "4"]) == 0
     sigmas = load_schedules(run)["euler/3"]["sigmas"]
     assert len(sigmas) == 4 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
     assert torch.equal(model.sample(2, steps=3, sampler="euler", grid="optimized"),
+                       model.sample(2, steps=3, sampler="euler", grid=sigmas))
+    assert torch.equal(model.sample(2, steps=3, sampler="euler"),  # auto: the saved grid now
                        model.sample(2, steps=3, sampler="euler", grid=sigmas))
     capsys.readouterr()
     assert cli.main(["schedule", str(run), "--sampler", "ddpm", "--steps", "3"]) == 2

@@ -14,7 +14,8 @@ from difflab.diffusion import schedule_dp as dp
 from difflab.diffusion import schedule_search as ss
 from difflab.diffusion import schedule_store as store
 from difflab.diffusion.denoiser import Denoiser
-from difflab.diffusion.generation import get_sampler
+from difflab.diffusion.generation import (AUTO_FEW_NFE, AUTO_LAST_SIGMA, get_sampler,
+                                          model_sigmas, nfe_of)
 from difflab.diffusion.guidance import NULL_LABEL
 from difflab.nets.unet import UNet, UNetConfig
 
@@ -64,7 +65,7 @@ def test_grid_is_strictly_decreasing_and_ends_at_zero(sampler, mixture):
     _check_grid(result.sigmas, 4, mixture.sigma_max)
     teacher_levels = schedules.log_snr_sigmas(30, mixture.sigma_min, mixture.sigma_max)
     assert all(torch.isclose(teacher_levels, s).any() for s in result.sigmas)
-    assert result.meta["start"] == "dp" and result.meta["nfe"] == ss.nfe_of(sampler, 4)
+    assert result.meta["start"] == "dp" and result.meta["nfe"] == nfe_of(sampler, 4)
 
 
 def test_local_costs_are_one_sampler_step_from_the_teacher(mixture):
@@ -274,3 +275,19 @@ def test_save_refuses_a_bad_grid_and_writes_nothing(tmp_path, key, sigmas, meta)
     with pytest.raises(ValueError, match="schedules.json"):
         store.save_schedule(tmp_path, key, sigmas, meta)
     assert not (tmp_path / "schedules.json").exists()
+
+
+@pytest.mark.parametrize("sampler, steps, expected", [
+    ("dpmpp-2m", 5, "few"), ("euler", AUTO_FEW_NFE, "few"), ("dpmpp-2m", AUTO_FEW_NFE + 1, None),
+    ("heun", 5, "few"), ("heun", 6, None),            # Heun: 2 steps - 1 evaluations
+    ("ddpm", 5, None), ("euler-maruyama", 5, None),   # stochastic: the model's grid
+])
+def test_grid_auto_is_log_snr_with_a_tweedie_step_at_few_evaluations(sampler, steps, expected):
+    mix = mixtures.make_problem("mixture-2d")
+    got = model_sigmas(mix, steps, "auto", sampler)
+    if expected == "few":
+        want = schedules.sigma_grid("log-snr", steps, AUTO_LAST_SIGMA, mix.sigma_max)
+        assert float(got[-2]) == pytest.approx(AUTO_LAST_SIGMA) and got[-1] == 0
+    else:
+        want = model_sigmas(mix, steps, None, sampler)
+    assert torch.equal(got, want)

@@ -1,5 +1,11 @@
-"""Optimized sigma grids (difflab.diffusion.schedule_search) against fixed grids on exact-score
-64-D Gaussian mixtures never used by the tests (random_mixture(64, 6, seed) for seeds 1001-1005).
+"""Optimized sigma grids (difflab.diffusion.schedule_search) against fixed grids and against
+diffusers' best scheduler configuration, on exact-score 64-D Gaussian mixtures never used by the
+tests (random_mixture(64, 6, seed) for seeds 1001-1005).
+
+The model is the one of sampler_quality.py, so diffusers can drive it: DDPM's linear beta
+schedule (T = 1000), difflab on its sigma range [0.0100, 156.7], diffusers through its
+``alphas_cumprod`` with the exact denoiser written as an eps-prediction network. Every side
+starts from the same noise.
 
 Per mixture, sampler and NFE: the grid is searched on 32 start noises (seed 7; the defaults of
 ``search_schedule``: teacher DPM-Solver++(3M) with 60 steps) and evaluated on 2000 fresh start
@@ -12,28 +18,37 @@ noises (seed 8) by
 
 Grids: ``optimized`` (default search: GITS DP, selection against karras/log-snr on the search
 batch, AYS-style refinement), ``gits-dp`` (the DP alone: no selection, no refinement), ``karras``
-and ``log-snr`` on the model range [0.002, 80], and ``best-fixed``: per (mixture, NFE) the best of
-karras / log-snr ending at 0.002, 0.03 or 0.1 before the final Tweedie step (the option
+and ``log-snr`` on the model range, and ``best-fixed``: per (mixture, NFE) the best of karras /
+log-snr ending at the model's sigma_min, 0.03 or 0.1 before the final Tweedie step (the option
 BENCHMARKS.md found best at low NFE), selected per metric on the evaluation set itself (which
-flatters it). Tables print means over the 5 mixtures and how often ``optimized`` beats
-``best-fixed``. Heun (``--samplers heun``) runs (NFE + 1) // 2 steps, 2 steps - 1 evaluations.
+flatters it). ``diffusers best``: per (mixture, NFE) the best by sliced W2 of diffusers'
+37 scheduler configurations (sampler_quality.diffusers_configs: DDIM, DPMSolverMultistep,
+UniPC, Euler, Heun with every spacing / sigma option), also selected on the evaluation set
+itself. Tables print means over the 5 mixtures and how often ``optimized`` beats ``best-fixed``.
+Heun (``--samplers heun``) runs (NFE + 1) // 2 steps, 2 steps - 1 evaluations.
 
 Run:  python benchmarks/generative/schedule_search.py [--samplers euler dpmpp-2m] [--nfe 3 4 5 6 8 10]
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 
-from difflab.diffusion import mixtures, schedules
-from difflab.diffusion import schedule_search as ss
-from difflab.diffusion.generation import get_sampler
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sampler_quality import T_TRAIN, diffusers_configs, run_diffusers  # noqa: E402
+
+from difflab.diffusion import mixtures, schedules  # noqa: E402
+from difflab.diffusion import schedule_search as ss  # noqa: E402
+from difflab.diffusion.generation import get_sampler  # noqa: E402
 
 SEEDS = (1001, 1002, 1003, 1004, 1005)
-SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
+ALPHA_BAR = schedules.make_alpha_bar("linear", T_TRAIN)
+SIGMA_MIN, SIGMA_MAX = (float(s) for s in schedules.sigma_from_alpha_bar(ALPHA_BAR[[0, -1]]))
 
 
 def projections(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -51,7 +66,7 @@ def fixed_grids(steps: int) -> dict[str, torch.Tensor]:
     grids = {}
     for name in ("karras", "log-snr"):
         for low in (SIGMA_MIN, 0.03, 0.1):
-            grids[f"{name}(min={low:g})"] = schedules.sigma_grid(name, steps, low, SIGMA_MAX)
+            grids[f"{name}(min={low:.3g})"] = schedules.sigma_grid(name, steps, low, SIGMA_MAX)
     return grids
 
 
@@ -60,6 +75,7 @@ def run(samplers, nfes, n_search: int, n_eval: int) -> dict:
     floors = []
     for seed in SEEDS:
         mix = mixtures.random_mixture(64, 6, seed=seed)
+        mix.sigma_min, mix.sigma_max = SIGMA_MIN, SIGMA_MAX
         g = torch.Generator().manual_seed(seed)
         directions = torch.randn(64, 128, generator=g, dtype=torch.float64)
         directions /= directions.norm(dim=0, keepdim=True)
@@ -71,9 +87,21 @@ def run(samplers, nfes, n_search: int, n_eval: int) -> dict:
                                           schedules.log_snr_sigmas(400, SIGMA_MIN, SIGMA_MAX))
 
         def score(sampler, sigmas):
-            out = get_sampler(sampler)(mix, z_eval * float(sigmas[0]), sigmas)
-            ode = (out - teacher).square().mean(1).sqrt().mean()
+            return score_samples(get_sampler(sampler)(mix, z_eval * float(sigmas[0]), sigmas))
+
+        def score_samples(out):
+            if not torch.isfinite(out).all():
+                return float("inf"), float("inf")
+            ode = (out.double() - teacher).square().mean(1).sqrt().mean()
             return sliced_w2(out, exact, directions), float(ode)
+
+        for nfe in nfes:  # diffusers' best configuration on this mixture (selected by sw)
+            theirs = {label: score_samples(run_diffusers((label, make), mix, z_eval, nfe)[0])
+                      for label, make in diffusers_configs()}
+            pick = min(theirs, key=lambda k: theirs[k][0])
+            for sampler in samplers:
+                rows.setdefault((sampler, "diffusers best", nfe), []).append(theirs[pick])
+                rows.setdefault((sampler, "diffusers best config", nfe), []).append((pick, pick))
 
         for sampler in samplers:
             for nfe in nfes:
@@ -83,8 +111,8 @@ def run(samplers, nfes, n_search: int, n_eval: int) -> dict:
                                                        baselines=())}
                 scores = {name: score(sampler, s) for name, s in grids.items()}
                 fixed = {name: score(sampler, s) for name, s in fixed_grids(steps).items()}
-                scores["karras"] = fixed[f"karras(min={SIGMA_MIN:g})"]
-                scores["log-snr"] = fixed[f"log-snr(min={SIGMA_MIN:g})"]
+                scores["karras"] = fixed[f"karras(min={SIGMA_MIN:.3g})"]
+                scores["log-snr"] = fixed[f"log-snr(min={SIGMA_MIN:.3g})"]
                 best = [min(fixed, key=lambda k: fixed[k][m]) for m in (0, 1)]  # per metric
                 scores["best-fixed"] = (fixed[best[0]][0], fixed[best[1]][1])
                 for name, value in scores.items():
@@ -100,14 +128,17 @@ def table(result, samplers, nfes, metric: int, label: str) -> str:
              "| sampler | grid | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
              "|---|---|" + "---|" * len(nfes)]
     for sampler in samplers:
-        for name in ("optimized", "gits-dp", "karras", "log-snr", "best-fixed"):
+        for name in ("optimized", "gits-dp", "karras", "log-snr", "best-fixed", "diffusers best"):
             cells = [sum(v[metric] for v in rows[(sampler, name, n)]) / len(SEEDS) for n in nfes]
             lines.append(f"| {sampler} | {name} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
         wins = [sum(o[metric] < b[metric] for o, b in zip(rows[(sampler, "optimized", n)],
                                                             rows[(sampler, "best-fixed", n)])) for n in nfes]
         lines.append(f"| {sampler} | optimized < best-fixed | " + " | ".join(f"{w}/{len(SEEDS)}" for w in wins) + " |")
+        ratio = [sum(v[metric] for v in rows[(sampler, "optimized", n)])
+                 / sum(v[metric] for v in rows[(sampler, "diffusers best", n)]) for n in nfes]
+        lines.append(f"| {sampler} | optimized / diffusers best | " + " | ".join(f"{r:.3f}" for r in ratio) + " |")
     if metric == 0:
-        lines.append(f"| exact samples | (floor) | " + " | ".join(f"{result['floor']:.4f}" for _ in nfes) + " |")
+        lines.append("| exact samples | (floor) | " + " | ".join(f"{result['floor']:.4f}" for _ in nfes) + " |")
     return "\n".join(lines)
 
 
@@ -132,6 +163,11 @@ def main() -> None:
                 for n in args.nfe]
             print(f"{sampler} best-fixed grids by {metric}: "
                   + "; ".join(f"NFE {n}: {c}" for n, c in zip(args.nfe, configs)))
+    configs = [", ".join(f"{name} x{count}" for name, count in Counter(
+        best[0] for best in result["rows"][(args.samplers[0], "diffusers best config", n)]).most_common())
+        for n in args.nfe]
+    print("diffusers best configurations by sliced W2: "
+          + "; ".join(f"NFE {n}: {c}" for n, c in zip(args.nfe, configs)))
     print(f"\n({time.time() - start:.0f} s)")
 
 

@@ -96,7 +96,9 @@ class SampleConfig:
     sampler: str = "dpmpp-2m"
     steps: int = 20                  # x2 network evaluations per step with guidance
     guidance: float = 2.0            # classifier-free guidance scale (class-conditional models)
-    grid: str | None = None          # sigma grid; None: the model's (Karras, or the DDPM grid)
+    grid: str | None = "auto"        # sigma grid: auto (the run's optimized grid for this sampler
+    #                                  and steps, else generation.model_sigmas' rule), optimized,
+    #                                  a GRIDS name, or None (the model's: Karras or the DDPM grid)
     final_samples: int = 1000
 
 
@@ -297,8 +299,8 @@ def validate(config: TrainConfig) -> TrainConfig:
 
     check(smp.sampler in SAMPLERS, "sample.sampler", smp.sampler,
           f"choose from {', '.join(SAMPLERS)}")
-    check(smp.grid is None or smp.grid in (*GRIDS, "optimized"), "sample.grid", smp.grid,
-          f"choose from {', '.join(GRIDS)}, optimized (or none: the model's grid)")
+    check(smp.grid is None or smp.grid in (*GRIDS, "optimized", "auto"), "sample.grid", smp.grid,
+          f"choose from auto, optimized, {', '.join(GRIDS)} (or none: the model's grid)")
     try:
         config.net.validate()
     except ValueError as e:

@@ -16,16 +16,19 @@ import torch
 
 from difflab.config import TrainConfig, update, validate
 from difflab.device import resolve_device, resolve_precision
-from difflab.diffusion.generation import generate
+from difflab.diffusion.generation import generate, model_sigmas
 from difflab.evaluation.evaluate import (SHAPES, difflab_extractor, evaluate_images,
-                                         floor_reference, reference_features)
+                                         extractors_for, floor_reference, reference_features)
 from difflab.evaluation.metrics import MetricsError
 from difflab.evaluation.report import save_grid, save_npz, write_report
 from difflab.training.checkpoint import load_denoiser, read_checkpoint
 from difflab.training.train import train
 
 EVAL_SEED = 4321
-TRAINING_LOG_KEYS = ("fid", "fid_floor", "kid", "kid_std", "is", "precision", "recall")
+TRAINING_LOG_KEYS = ("fid", "fid_floor", "kid", "kid_std", "is", "precision", "recall",
+                     "alt_fid", "alt_fid_floor", "alt_kid", "alt_precision", "alt_recall")
+PER_SPACE = ("fid", "fid_floor", "kid", "kid_std", "kid_floor", "precision", "precision_floor",
+             "recall", "recall_floor")
 
 
 class Model:
@@ -47,20 +50,34 @@ class Model:
         """``n`` samples in [-1, 1] (the model's data range); None means the run's recipe."""
         recipe = self.config.sample
         sampler, steps = sampler or recipe.sampler, steps or recipe.steps
-        grid = grid if grid is not None else recipe.grid
-        if grid == "optimized":
-            grid = self.optimized_sigmas(sampler, steps)
+        grid = self.resolve_grid(grid if grid is not None else recipe.grid, sampler, steps)
         return generate(self.denoiser, self.shape.item, self.shape.num_classes, n,
                         sampler=sampler, steps=steps, grid=grid,
                         guidance=recipe.guidance if guidance is None else guidance, seed=seed,
                         batch_size=batch_size, class_label=class_label,
                         precision=self.precision, **options)
 
+    def resolve_grid(self, grid, sampler: str, steps: int):
+        """``optimized``: the run's saved grid for this sampler and steps (error if none);
+        ``auto``: that grid if saved, else ``auto`` for ``generation.model_sigmas``' rule."""
+        if grid == "optimized":
+            return self.optimized_sigmas(sampler, steps)
+        if grid == "auto":
+            from difflab.diffusion.schedule_store import load_schedules, schedule_key
+
+            saved = load_schedules(self.run_dir).get(schedule_key(sampler, steps))
+            return saved["sigmas"] if saved else "auto"
+        return grid
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
     def optimized_sigmas(self, sampler: str, steps: int) -> torch.Tensor:
         """The grid ``difflab schedule`` optimized for this run, sampler and steps."""
         from difflab.diffusion.schedule_store import SCHEDULES_FILE, load_schedules, schedule_key
 
-        run_dir = self.path if self.path.is_dir() else self.path.parent
+        run_dir = self.run_dir
         key = schedule_key(sampler, steps)
         saved = load_schedules(run_dir)
         if key not in saved:
@@ -89,8 +106,7 @@ class Model:
             found = search_schedule(self.denoiser, sampler, steps, noise,
                                     cond=None if cond is None else cond.to(self.device),
                                     guidance=guidance if self.shape.num_classes else 1.0)
-        run_dir = self.path if self.path.is_dir() else self.path.parent
-        save_schedule(run_dir, schedule_key(sampler, steps), found.sigmas,
+        save_schedule(self.run_dir, schedule_key(sampler, steps), found.sigmas,
                       {**found.meta, "trajectories": n, "seed": seed, "guidance": guidance})
         return found.sigmas
 
@@ -172,9 +188,9 @@ def make_training_evaluator(config: TrainConfig, precision: str):
         raise MetricsError(f"loop.eval_every: the {dataset} feature network needs {size}x{size} "
                            f"images, got data.image_size={config.data.image_size}")
     reference = f"{dataset}-test"
-    extractor = difflab_extractor(dataset)
-    for ref in (reference, floor_reference(reference)):
-        reference_features(ref, extractor, config.data.data_dir, verbose=True)
+    for _, extractor in extractors_for(dataset):
+        for ref in (reference, floor_reference(reference)):
+            reference_features(ref, extractor, config.data.data_dir, verbose=True)
     smp = config.sample
 
     def evaluate_model(denoiser, shape) -> dict:
@@ -190,13 +206,16 @@ def make_training_evaluator(config: TrainConfig, precision: str):
 
 def train_run(config: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     """``difflab train``: train (scoring every ``loop.eval_every`` steps if set), then finish the
-    run; returns the report's path."""
+    run; returns the report's path. Under torchrun rank 0 scores and finishes the run; the other
+    ranks return None when training ends."""
+    from difflab.training import distributed
+
     evaluator = None
-    if config.loop.eval_every:
+    if config.loop.eval_every and distributed.is_main():
         precision, _ = resolve_precision(config.run.precision, resolve_device(config.run.device))
         evaluator = make_training_evaluator(config, precision)
     run_dir = train(config, resume=resume, evaluator=evaluator, force=force)
-    return finish_run(run_dir)
+    return finish_run(run_dir) if distributed.is_main() else None
 
 
 def finish_run(run_dir, n: int | None = None, **sampling) -> Path:
@@ -216,7 +235,12 @@ def finish_run(run_dir, n: int | None = None, **sampling) -> Path:
     hook.remove()
     save_grid(images[:64], run_dir / "samples.png")
     info, _ = read_checkpoint(run_dir)
+    grid = model.resolve_grid(recipe.grid, recipe.sampler, recipe.steps)
+    sigmas = model_sigmas(model.denoiser, recipe.steps, grid, recipe.sampler)
     sample_info = {"n": len(images), "sampler": recipe.sampler, "steps": recipe.steps,
+                   "sigma_grid": f"{recipe.grid or 'model'}" + (" (this run's optimized grid)"
+                                                     if torch.is_tensor(grid) else ""),
+                   "sigmas": [round(float(s), 4) for s in sigmas],
                    "guidance": recipe.guidance if model.shape.num_classes else None,
                    "nfe": round(sum(calls) / len(images)),  # network evaluations per image
                    "seconds": seconds, "grid": "samples.png", "net": model.config.net.kind,
@@ -236,15 +260,20 @@ def finish_run(run_dir, n: int | None = None, **sampling) -> Path:
 
 def score_samples(images: torch.Tensor, config: TrainConfig) -> dict | None:
     """FID/KID/IS/precision/recall of final samples against the test split, with difflab's own
-    feature network (only MNIST and CIFAR-10 at their native size have one)."""
+    feature networks (only MNIST and CIFAR-10 at their native size have them; MNIST has two,
+    and every per-space metric is reported in both, named by its network)."""
     dataset = config.data.dataset
     if dataset not in SHAPES or config.data.image_size not in (None, SHAPES[dataset][1]) \
             or len(images) < 2:
         return None
     result = evaluate_images(images, f"{dataset}-test", config.data.data_dir)
-    features = result.pop("features")
-    scores = {f"{k} ({features} features)" if k.split("_")[0] in ("fid", "kid") else k: v
-              for k, v in result.items() if k != "reference"}
+    spaces = {result[f"{prefix}features"]: {key: result[prefix + key] for key in PER_SPACE
+                                             if prefix + key in result}
+              for prefix in ("", "alt_") if f"{prefix}features" in result}
+    scores = {"feature spaces": spaces, "n": result["n"], "is": result["is"],
+              "is_std": result["is_std"]}
+    if "warning" in result:
+        scores["warning"] = result["warning"]
     # What the classifier behind the features sees: how confident, and which classes.
     _, probs = difflab_extractor(dataset)(images)
     counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])

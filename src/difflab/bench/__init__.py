@@ -2,6 +2,7 @@
 -> report. ``run_benchmark`` is what ``difflab bench optimizers`` calls."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -81,6 +82,31 @@ def _check_same_sweep(records: list[dict], results: Path, problem: str, budget: 
                              f"for problem {problem!r}, budget {budget!r}")
 
 
+def planned_keys(results: str | Path) -> set[str] | None:
+    """Keys of the runs the current code plans for the sweep in ``results`` (its meta record's
+    problem and budget, the arms and thread count of its tuning runs, the selection from its
+    tuning records), so that ``difflab bench optimizers --report-only`` leaves out runs of an
+    older plan as ``run_benchmark`` does; None when the file does not say (no meta record, no
+    tuning runs, or a plan that cannot be rebuilt from it)."""
+    records = read_records(results)
+    meta = [r for r in records if r.get("kind") == "meta"]
+    tune_records = [r for r in records if r.get("kind", "run") == "run"
+                    and r["phase"] in ("tune", "grid")]
+    if not meta or not tune_records:
+        return None
+    try:
+        problem, b = meta[-1]["problem"], get_budget(meta[-1]["budget"], meta[-1]["problem"])
+        threads = json.loads(tune_records[0]["key"])["threads"]
+        arms = tuple(a for a in ARMS if any(r["arm"] == a for r in tune_records))
+        tune_plan = tuning_specs(problem, b, threads, arms)
+        keys = {s.key for s in tune_plan}
+        final_plan = final_specs(problem, b, [r for r in records if r.get("key") in keys],
+                                 threads, arms)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return keys | {s.key for s in final_plan}
+
+
 def run_benchmark(problem: str, budget: str, out: str | Path, executor: str = "sequential",
                   data_dir=None, workers: int = 2, ray_address: str | None = None,
                   threads: int = 1, arms: tuple[str, ...] = ARMS, command: str | None = None,
@@ -109,8 +135,10 @@ def run_benchmark(problem: str, budget: str, out: str | Path, executor: str = "s
 
     common = dict(out=results, executor=executor, data_dir=data_dir, workers=workers,
                   ray_address=ray_address, progress=progress)
-    tune = run_specs(tuning_specs(problem, b, threads, arms), **common)
-    run_specs(final_specs(problem, b, tune, threads, arms), **common)
+    tune_plan = tuning_specs(problem, b, threads, arms)
+    tune = run_specs(tune_plan, **common)
+    final_plan = final_specs(problem, b, tune, threads, arms)
+    run_specs(final_plan, **common)
     if not any(r.get("kind") == "overhead" for r in read_records(results)) and "sgd" in arms:
         from difflab.bench.overhead import measure_overhead
         from difflab.bench.plan import select
@@ -125,6 +153,6 @@ def run_benchmark(problem: str, budget: str, out: str | Path, executor: str = "s
                                                 threads=threads))
     from difflab.bench.report import write_report
 
-    path = write_report(results, out)
+    path = write_report(results, out, keys={s.key for s in tune_plan + final_plan})
     log(f"report: {path} ({time.time() - t0:.1f} s this invocation)")
     return path

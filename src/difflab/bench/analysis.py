@@ -16,6 +16,11 @@ final iterate, relative, margin +-10%; ECE (15 bins) in points (x100), margin +-
 Noise isolated (own Holm family): each noisy arm against its noiseless twin (``runner.TWINS``:
 the same update with temperature 0, the partner's selected lr, the same seeds), diff = noisy -
 twin: test accuracy and train-minus-test gap (points, +-0.5), final-iterate test NLL (+-10%).
+
+Own Holm families as well, each in its module: ensembles at the same total epochs
+(``ensemble_analysis``), robustness under shifted inputs (``robustness``), overfitting at
+matched training accuracy (``matched``). Ensemble arms are not single models: they are left out
+of the per-arm summary, the sensitivity table and the learning curves.
 """
 from __future__ import annotations
 
@@ -23,13 +28,15 @@ import math
 
 import numpy as np
 
+from difflab.bench.ensemble_analysis import ensemble_rows
+from difflab.bench.matched import matched_rows
 from difflab.bench.plan import final_val_acc, select
-from difflab.bench.runner import BASELINES, LANGEVIN_ARMS, TWINS
-from difflab.bench.stats import bootstrap_ci, holm, paired_permutation_p, verdict
+from difflab.bench.robustness import robustness_rows
+from difflab.bench.runner import BASELINES, ENSEMBLES, LANGEVIN_ARMS, TWINS
+from difflab.bench.stats import (ACC_MARGIN, ECE_MARGIN, REL_MARGIN, decide, holm, paired_row,
+                                 verdict)
+from difflab.bench.values import calibration_value, paired_values
 
-ACC_MARGIN = 0.5            # accuracy points
-REL_MARGIN = 10.0           # percent
-ECE_MARGIN = 1.0            # ECE points (ECE x 100)
 TARGET_FRACTION = 0.95
 SENSITIVITY_FRACTION = 0.95
 
@@ -105,46 +112,6 @@ def _paired(base: list[dict], arm: list[dict], metric: str, target: float) -> np
     return np.array([[a[s], b[s]] for s in seeds if a[s] is not None and b[s] is not None], float)
 
 
-def _row(arm: str, question: str, metric: str, vs: str, pairs: np.ndarray, kind: str,
-         margin: float, unit: str, better: int) -> dict:
-    """One tested row from [n, 2] (arm, reference) values paired by seed."""
-    if pairs.size == 0:
-        diffs = np.array([])
-    elif kind == "abs":
-        diffs = pairs[:, 0] - pairs[:, 1]
-    else:
-        scale = abs(pairs[:, 1].mean()) or 1.0
-        diffs = 100 * (pairs[:, 0] - pairs[:, 1]) / scale
-    sd = diffs.std(ddof=1) if diffs.size > 1 else float("nan")
-    return {"arm": arm, "question": question, "metric": metric, "vs": vs, "n": int(diffs.size),
-            "arm_mean": float(pairs[:, 0].mean()) if pairs.size else None,
-            "base_mean": float(pairs[:, 1].mean()) if pairs.size else None,
-            "diff": float(diffs.mean()) if diffs.size else float("nan"),
-            "dz": float(diffs.mean() / sd) if sd and sd == sd and sd > 0 else None,
-            "ci": bootstrap_ci(diffs), "p": paired_permutation_p(diffs),
-            "margin": margin, "unit": unit, "better": better}
-
-
-def _decide(rows: list[dict]) -> list[dict]:
-    """Holm over ``rows`` (one family) and the verdict of each."""
-    for r, p in zip(rows, holm([r["p"] for r in rows])):
-        r["p_holm"] = p
-        r["verdict"] = verdict(r["ci"], p, r["margin"], r["better"], r["unit"])
-    return rows
-
-
-def calibration_value(r: dict, source: str, metric: str) -> float | None:
-    """``metric`` (nll, brier, ece) of a final record's final iterate (source "final") or
-    trajectory average ("average"); None when not recorded or diverged. ECE in points."""
-    cal = r.get("calibration")
-    if cal is None:
-        return None
-    values = cal.get("final") if source == "final" else (cal.get("average") or {}).get("metrics")
-    if values is None:
-        return None
-    return 100 * values[metric] if metric == "ece" else values[metric]
-
-
 CALIBRATION_TESTS = (("nll", "rel", REL_MARGIN, "%"), ("brier", "rel", REL_MARGIN, "%"),
                      ("ece", "abs", ECE_MARGIN, "points"))
 
@@ -158,14 +125,13 @@ def calibration_rows(finals: dict[str, list[dict]], base: str) -> list[dict]:
     for arm in [a for a in LANGEVIN_ARMS if a in finals]:
         for source in ("final", "average"):
             for metric, kind, margin, unit in CALIBRATION_TESTS:
-                a = {r["seed"]: calibration_value(r, source, metric) for r in finals[arm]}
-                b = {r["seed"]: calibration_value(r, "final", metric) for r in finals[base]}
-                pairs = np.array([[a[s], b[s]] for s in sorted(set(a) & set(b))
-                                  if a[s] is not None and b[s] is not None], float)
-                row = _row(arm, "calibration", metric, base, pairs, kind, margin, unit, -1)
+                pairs = paired_values(
+                    finals[arm], finals[base], lambda r: calibration_value(r, source, metric),
+                    lambda r: calibration_value(r, "final", metric))
+                row = paired_row(arm, "calibration", metric, base, pairs, kind, margin, unit, -1)
                 row["source"] = source
                 rows.append(row)
-    return _decide(rows)
+    return decide(rows)
 
 
 TWIN_TESTS = (("test_acc", "abs", ACC_MARGIN, "points", +1), ("gap", "abs", ACC_MARGIN, "points", -1))
@@ -179,14 +145,12 @@ def twin_rows(finals: dict[str, list[dict]], target: float) -> list[dict]:
             continue
         for metric, kind, margin, unit, better in TWIN_TESTS:
             pairs = _paired(finals[twin], finals[partner], metric, target)
-            rows.append(_row(partner, "noise", metric, twin, pairs, kind, margin, unit, better))
-        a = {r["seed"]: calibration_value(r, "final", "nll") for r in finals[partner]}
-        b = {r["seed"]: calibration_value(r, "final", "nll") for r in finals[twin]}
-        pairs = np.array([[a[s], b[s]] for s in sorted(set(a) & set(b))
-                          if a[s] is not None and b[s] is not None], float)
+            rows.append(paired_row(partner, "noise", metric, twin, pairs, kind, margin, unit, better))
+        pairs = paired_values(finals[partner], finals[twin],
+                              lambda r: calibration_value(r, "final", "nll"))
         if pairs.size:
-            rows.append(_row(partner, "noise", "nll", twin, pairs, "rel", REL_MARGIN, "%", -1))
-    return _decide(rows)
+            rows.append(paired_row(partner, "noise", "nll", twin, pairs, "rel", REL_MARGIN, "%", -1))
+    return decide(rows)
 
 
 def check_one_sweep(parts: dict) -> None:
@@ -219,7 +183,7 @@ def verdict_rows(records: list[dict]) -> dict:
     for arm in [a for a in LANGEVIN_ARMS if a in finals]:
         for question, metric, better, kind, margin, unit in tests:
             pairs = _paired(finals[base], finals[arm], metric, target)
-            rows.append(_row(arm, question, metric, base, pairs, kind, margin, unit, better))
+            rows.append(paired_row(arm, question, metric, base, pairs, kind, margin, unit, better))
         if parts["overhead"]:
             oh = parts["overhead"][-1]["arms"]
             if arm in oh:
@@ -238,7 +202,7 @@ def verdict_rows(records: list[dict]) -> dict:
             r["verdict"] = verdict(r["ci"], 0.0, r["margin"], r["better"], r["unit"])
         else:
             r["verdict"] = verdict(r["ci"], p, r["margin"], r["better"], r["unit"])
-    tuned = [arm for arm in finals if arm not in TWINS]
+    tuned = [arm for arm in finals if arm not in TWINS and arm not in ENSEMBLES]
     sens = {arm: sensitivity(parts["tune"], arm) for arm in tuned}
     diverge = {}
     for arm in tuned:
@@ -246,6 +210,8 @@ def verdict_rows(records: list[dict]) -> dict:
         diverge[arm] = (sum(is_divergent(r) for r in runs), len(runs))
     summary = {}
     for arm, runs in finals.items():
+        if arm in ENSEMBLES:        # not one model: their own section
+            continue
         ms = [run_metrics(r, target) for r in runs]
         summary[arm] = {
             "hparams": runs[0]["hparams"], "seeds": len(runs),
@@ -261,4 +227,6 @@ def verdict_rows(records: list[dict]) -> dict:
         }
     return {"baseline": base, "target": target, "rows": rows, "summary": summary,
             "calibration": calibration_rows(finals, base), "twins": twin_rows(finals, target),
+            "ensembles": ensemble_rows(finals, base), "robustness": robustness_rows(finals, base),
+            "matched": matched_rows(finals, base),
             "sensitivity": sens, "divergence": diverge, "parts": parts, "finals": finals}

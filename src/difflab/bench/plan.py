@@ -7,6 +7,25 @@ eta) use 4 learning rates x 2 values of that knob, i.e. the same 8. The ``grid``
 the remaining temperatures for the Langevin arm only to draw the lr x D heatmap; those runs are
 never used for selection. Selection: highest final validation accuracy (tuning seed), ties to
 the smaller lr.
+
+Final runs: the selected configuration of every arm on fresh seeds, plus final-only arms on the
+same seeds: the noiseless twins (the partner Langevin arm's lr) and the two ensembles at the
+same total epochs (``arms.ENSEMBLES``: the momentum / adam arm's lr; ``ensemble_members``
+members of ``final_epochs / ensemble_members`` epochs each). Final runs of tuned arms and
+ensembles are also evaluated on ``shift_n_test`` shifted test images per condition.
+
+Planned work and wall time (one torch thread, sequential, quiet host; estimated from the
+measured CIFAR-10 costs of 6.6 s per training epoch on 45,000 images and about 0.1 s per 1,000
+test-image forward passes):
+
+* ``quick``: 22 tuning runs of 2 epochs on 1,000 images, 36 final runs of 2 epochs on 2,000:
+  about 1.5 CPU minutes on CIFAR-10, under 3 minutes wall on a shared host.
+* ``standard``: 80 tuning runs of 3 epochs on 10,000 images (about 9 min on CIFAR-10), then
+  120 final runs of 6 epochs on the whole train split (8 tuned arms, 2 twins, 2 ensembles of 3
+  members x 2 epochs, 10 seeds each): about 2.3 h on CIFAR-10 (training 40 s, evaluation 15-45 s
+  per run), 15-20 min on MNIST.
+* ``full``: 20 epochs everywhere, ensembles of 5 x 4 epochs, shifts on the whole test set: about
+  11 h on CIFAR-10; spread it over workers (``--executor process`` / ``ray``).
 """
 from __future__ import annotations
 
@@ -14,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from difflab.bench.runner import ARMS, TWINS, RunSpec, hp
+from difflab.bench.runner import ARMS, ENSEMBLES, TWINS, RunSpec, hp
 
 BUDGETS = ("quick", "standard", "full")
 TUNE_SEED = 0
@@ -35,6 +54,9 @@ class Budget:
     lr_points: int           # per one-dimensional arm (two-dimensional arms: lr_points // 2)
     knob_points: int         # values of the second knob used for tuning
     overhead_repeats: int
+    trajectory_samples: int = 10   # iterates of the last epoch in the trajectory average
+    ensemble_members: int = 1      # M of the ensembles (divides final_epochs)
+    shift_n_test: int = 0          # test images per shift condition (0: no shift evaluation)
 
 
 def get_budget(name: str, problem: str) -> Budget:
@@ -44,18 +66,27 @@ def get_budget(name: str, problem: str) -> Budget:
         raise ValueError(f"unknown problem {problem!r} (choose from {', '.join(sizes)})")
     full_train, full_val = sizes[problem]
     if name == "quick":
-        small, small_eval = min(2000, full_train), min(1000, full_val)
-        return Budget("quick", 2, small, 2, small, 3, small_eval, small_eval, 1,
-                      lr_points=3, knob_points=1, overhead_repeats=5)
+        # a smoke test (3 seeds cannot give verdicts) that must stay under 3 minutes on a
+        # shared 2-core host: tuning on 1,000 images, small evaluation sets, 4 averaged
+        # iterates, 100 shifted images
+        small, small_eval = min(2000, full_train), min(500, full_val)
+        return Budget("quick", 2, small // 2, 2, small, 3, small_eval, small_eval, 1,
+                      lr_points=3, knob_points=1, overhead_repeats=3, trajectory_samples=4,
+                      ensemble_members=2, shift_n_test=100)
     if name == "standard":
         # 10 final seeds: with the exact sign-flip test the smallest two-sided p is 2 / 2^n,
         # and Holm over the 16 tested rows needs p <= 0.05 / 16; n = 6 (p >= 0.031) could
         # never give a verdict, n = 10 (p >= 0.002) can.
-        return Budget("standard", 3, min(10000, full_train), 3, None, 10, None, None, 1,
-                      lr_points=8, knob_points=2, overhead_repeats=15)
+        # 6 final epochs (tuning stays at 3 on 10,000 images, so the tuning records and the
+        # selection of the 3-epoch reports carry over): 3 ensemble members of 2 epochs, and
+        # 6 points on each curve for overfitting at matched training accuracy.
+        return Budget("standard", 3, min(10000, full_train), 6, None, 10, None, None, 1,
+                      lr_points=8, knob_points=2, overhead_repeats=15, trajectory_samples=10,
+                      ensemble_members=3, shift_n_test=2000)
     if name == "full":
         return Budget("full", 20, None, 20, None, 10, None, None, 2,
-                      lr_points=8, knob_points=2, overhead_repeats=30)
+                      lr_points=8, knob_points=2, overhead_repeats=30, trajectory_samples=10,
+                      ensemble_members=5, shift_n_test=10000)
     raise ValueError(f"unknown budget {name!r} (choose from {', '.join(BUDGETS)})")
 
 
@@ -128,7 +159,9 @@ def final_specs(problem: str, budget: Budget, records: list[dict], threads: int 
         for s in range(budget.final_seeds):
             specs.append(RunSpec(problem, arm, h, FINAL_SEED0 + s, budget.final_epochs, "final",
                                  budget.final_n_train, budget.n_val, budget.n_test,
-                                 evals_per_epoch=budget.evals_per_epoch, threads=threads))
+                                 evals_per_epoch=budget.evals_per_epoch, threads=threads,
+                                 shift_n=budget.shift_n_test,
+                                 trajectory_samples=budget.trajectory_samples))
     # noiseless twins: the partner's selected lr and the same seeds, temperature 0
     partners = {s.arm: s for s in specs}
     for twin, (partner, _) in TWINS.items():
@@ -137,5 +170,14 @@ def final_specs(problem: str, budget: Budget, records: list[dict], threads: int 
             for s in [s for s in specs if s.arm == partner]:
                 specs.append(RunSpec(problem, twin, h, s.seed, s.epochs, "final", s.n_train,
                                      s.n_val, s.n_test, evals_per_epoch=s.evals_per_epoch,
-                                     threads=threads))
+                                     threads=threads, trajectory_samples=s.trajectory_samples))
+    # ensembles at the same total epochs: the base arm's selected lr and the same seeds
+    for ensemble, base in ENSEMBLES.items():
+        if base in partners:
+            h = hp(lr=dict(partners[base].hparams)["lr"])
+            for s in [s for s in specs if s.arm == base]:
+                specs.append(RunSpec(problem, ensemble, h, s.seed, s.epochs, "final", s.n_train,
+                                     s.n_val, s.n_test, evals_per_epoch=s.evals_per_epoch,
+                                     threads=threads, shift_n=s.shift_n,
+                                     members=budget.ensemble_members))
     return specs

@@ -7,8 +7,9 @@ split of the official train set; the official test set is used only by final run
 ``digits-mlp``: a 64-32-10 MLP on scikit-learn's 8x8 digits (1,297 / 250 / 250), for tests and
 smoke runs; it needs no data files.
 
-Inputs are standardized per channel with the mean/std of the training part of the split. No
-augmentation (so overfitting stays visible).
+Inputs are standardized per channel with the mean/std of the training part of the split (kept
+as ``pixel_mean``/``pixel_std``, so ``to_pixels``/``from_pixels`` map inputs to [0, 1] images
+and back, e.g. to corrupt test images). No augmentation (so overfitting stays visible).
 """
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ class Problem:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int = 10
+    pixel_mean: torch.Tensor | None = None     # [1, C, 1, 1]: x = (pixels - mean) / std
+    pixel_std: torch.Tensor | None = None
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardized inputs -> images in [0, 1] (clamped: float rounding of the inverse)."""
+        return (x * self.pixel_std + self.pixel_mean).clamp_(0.0, 1.0)
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> standardized inputs, with the train part's statistics."""
+        return (pixels - self.pixel_mean) / self.pixel_std
 
     @property
     def n_train(self) -> int:
@@ -63,7 +74,8 @@ def build_model(name: str) -> nn.Module:
 
 
 def _standardize(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
-    """uint8 [N, C, H, W] -> float32 standardized per channel with the train part's statistics."""
+    """uint8 [N, C, H, W] -> float32 standardized per channel with the train part's statistics;
+    the last two entries are that mean and std ([1, C, 1, 1])."""
     x = torch.from_numpy(np.ascontiguousarray(train)).float().div_(255.0)
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     std = x.std(dim=(0, 2, 3), keepdim=True)
@@ -71,7 +83,7 @@ def _standardize(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
     for o in others:
         out.append(torch.from_numpy(np.ascontiguousarray(o)).float().div_(255.0)
                    .sub_(mean).div_(std))
-    return out
+    return out + [mean, std]
 
 
 def _split(n: int, n_val: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +121,9 @@ def load_problem(name: str, data_dir: str | None = None, n_train: int | None = N
     train_idx = train_idx[:n_train]
     val_idx = val_idx[:n_val]
     test_images, test_labels = test_images[:n_test], test_labels[:n_test]
-    train_x, val_x, test_x = _standardize(images[train_idx], images[val_idx], test_images)
+    train_x, val_x, test_x, mean, std = _standardize(images[train_idx], images[val_idx],
+                                                     test_images)
     return Problem(name, train_x, torch.from_numpy(labels[train_idx]).long(),
                    val_x, torch.from_numpy(labels[val_idx]).long(),
-                   test_x, torch.from_numpy(np.asarray(test_labels)).long())
+                   test_x, torch.from_numpy(np.asarray(test_labels)).long(),
+                   pixel_mean=mean, pixel_std=std)

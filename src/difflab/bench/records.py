@@ -17,7 +17,9 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from difflab.bench.runner import ARM_KNOBS, ARMS, CALIBRATION_BINS, RUN_ARMS, TWINS
+from difflab.bench.runner import (ARM_KNOBS, ARMS, CALIBRATION_BINS, ENSEMBLES, FINAL_ONLY_ARMS,
+                                  RUN_ARMS)
+from difflab.bench.shifts import SHIFT_METRICS, parse_condition
 
 PHASES = ("tune", "grid", "final")
 
@@ -106,7 +108,7 @@ def _check_run(r: dict) -> None:
                  f"one of {', '.join(RUN_ARMS)}")
     phase = _field(r, "phase", lambda v: isinstance(v, str) and v in PHASES,
                    f"one of {', '.join(PHASES)}")
-    if arm in TWINS and phase != "final":
+    if arm in FINAL_ONLY_ARMS and phase != "final":
         raise _Bad(f"arm {arm!r} runs in the final phase only, got phase {phase!r}")
     hparams = _field(r, "hparams", _dict, "an object")
     for name, value in hparams.items():
@@ -141,7 +143,11 @@ def _check_run(r: dict) -> None:
     if "calibration" in r:      # optional: results files written before it stay loadable
         if phase != "final":
             raise _Bad("field 'calibration' is only written for final runs")
-        _check_calibration(r["calibration"])
+        _check_calibration(r["calibration"], arm)
+    if "shift" in r:            # optional, like calibration
+        if phase != "final":
+            raise _Bad("field 'shift' is only written for final runs")
+        _check_shift(r["shift"])
     timing = _field(r, "timing", _dict, "an object")
     seconds = _field(timing, "train_seconds", _list_of(_at_least(0.0)),
                      "a non-empty list of finite numbers >= 0", "timing.")
@@ -165,19 +171,29 @@ def _check_run(r: dict) -> None:
 
 _METRICS = {"nll": lambda v: _at_least(0.0)(v), "brier": lambda v: _number(v) and 0 <= v <= 2,
             "ece": lambda v: _number(v) and 0 <= v <= 1}
+# written since the ensembles and shifted inputs were added; optional so older files still load
+_OPTIONAL_METRICS = {"acc": lambda v: _number(v) and 0 <= v <= 1,
+                     "entropy": lambda v: _at_least(0.0)(v)}
+_SHIFT_CHECKS = {"acc": _OPTIONAL_METRICS["acc"], "nll": _METRICS["nll"],
+                 "entropy": _OPTIONAL_METRICS["entropy"]}
+SHIFT_SOURCES = ("final", "average", "ensemble")
 
 
 def _check_metrics(d, where: str) -> None:
-    """null (diverged) or {nll >= 0, brier in [0, 2], ece in [0, 1]}."""
+    """null (diverged) or {nll >= 0, brier in [0, 2], ece in [0, 1]; optional acc in [0, 1],
+    entropy >= 0}."""
     if d is None:
         return
     if not _dict(d):
         raise _Bad(f"field {where!r} must be an object or null, got {_short(d)}")
     for name, ok in _METRICS.items():
         _field(d, name, ok, "a finite number in its range", where + ".")
+    for name, ok in _OPTIONAL_METRICS.items():
+        if name in d:
+            _field(d, name, ok, "a finite number in its range", where + ".")
 
 
-def _check_calibration(cal) -> None:
+def _check_calibration(cal, arm: str) -> None:
     if not _dict(cal):
         raise _Bad(f"field 'calibration' must be an object, got {_short(cal)}")
     _field(cal, "bins", lambda v: v == CALIBRATION_BINS and _integer(v),
@@ -192,6 +208,48 @@ def _check_calibration(cal) -> None:
         if "metrics" not in avg:
             raise _Bad("missing field 'calibration.average.metrics'")
         _check_metrics(avg["metrics"], "calibration.average.metrics")
+    if "ensemble" in cal or arm in ENSEMBLES:
+        ens = _field(cal, "ensemble", _dict, "an object", "calibration.")
+        _field(ens, "kind", lambda v: v == arm and arm in ENSEMBLES,
+               f"the record's arm, an ensemble ({', '.join(ENSEMBLES)})", "calibration.ensemble.")
+        for name, lo in (("members", 0), ("epochs_per_member", 1)):
+            _field(ens, name, _int_at_least(lo), f"an integer >= {lo}", "calibration.ensemble.")
+        if "metrics" not in ens:
+            raise _Bad("missing field 'calibration.ensemble.metrics'")
+        _check_metrics(ens["metrics"], "calibration.ensemble.metrics")
+
+
+def _check_shift(shift) -> None:
+    """{"seed": int >= 0, "n": int >= 1, "final": per-condition metrics or null, optional
+    "average"/"ensemble" likewise}; per-condition: {KIND/SEVERITY: {acc, nll, entropy} or null}."""
+    if not _dict(shift):
+        raise _Bad(f"field 'shift' must be an object, got {_short(shift)}")
+    _field(shift, "seed", _int_at_least(0), "an integer >= 0", "shift.")
+    _field(shift, "n", _int_at_least(1), "an integer >= 1", "shift.")
+    if "final" not in shift:
+        raise _Bad("missing field 'shift.final'")
+    for source in [k for k in shift if k not in ("seed", "n")]:
+        if source not in SHIFT_SOURCES:
+            raise _Bad(f"field 'shift' has an unknown source {source!r} (expected "
+                       f"{', '.join(SHIFT_SOURCES)})")
+        conditions = shift[source]
+        if conditions is None:
+            continue
+        if not _dict(conditions) or not conditions:
+            raise _Bad(f"field 'shift.{source}' must be a non-empty object or null, got "
+                       f"{_short(conditions)}")
+        for name, m in conditions.items():
+            try:
+                parse_condition(name)
+            except ValueError as e:
+                raise _Bad(f"field 'shift.{source}': {e}") from None
+            if m is None:
+                continue
+            where = f"shift.{source}.{name}."
+            if not _dict(m):
+                raise _Bad(f"field {where[:-1]!r} must be an object or null, got {_short(m)}")
+            for metric in SHIFT_METRICS:
+                _field(m, metric, _SHIFT_CHECKS[metric], "a finite number in its range", where)
 
 
 def _check_meta(r: dict) -> None:

@@ -1,34 +1,25 @@
 """Benchmark report (Markdown + PNG) generated from the results file alone."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from difflab.bench.analysis import (ACC_MARGIN, ECE_MARGIN, REL_MARGIN, TARGET_FRACTION,
                                     calibration_value, split_records, verdict_rows)
+from difflab.bench.arms import ENSEMBLES
+from difflab.bench.ensemble_analysis import ensemble_section
+from difflab.bench.markdown import fmt, mean_std, row_line
+from difflab.bench.matched import matched_section
 from difflab.bench.records import read_records
 from difflab.bench.plan import final_val_acc
+from difflab.bench.robustness import robustness_plot, robustness_section
 
 QUESTION_TEXT = {"accuracy": "final test accuracy (points)",
                  "speed": "epochs to target (% of baseline)",
                  "stability": "last-epoch loss std (% of baseline)",
                  "overfitting": "train-minus-test gap (points)",
                  "overhead": "step() time vs SGD (%)"}
-
-
-def _fmt(v, nd=2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.{nd}f}"
-
-
-def _ms(values, nd=2) -> str:
-    v = [x for x in values if x is not None]
-    if not v:
-        return "-"
-    return f"{np.mean(v):.{nd}f} +- {np.std(v, ddof=1) if len(v) > 1 else 0:.{nd}f}"
 
 
 def _sensitivity_words(s: dict, base_width: float | None) -> str:
@@ -54,31 +45,29 @@ def _answers(rows: list[dict]) -> list[str]:
     return out + [""]
 
 
-def _row_line(r: dict, label: str) -> str:
-    return (f"| {r['arm']} | {label} | {_fmt(r['arm_mean'], 3)} | {_fmt(r['base_mean'], 3)} | "
-            f"{_fmt(r['diff'])} {r['unit']} | [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] | "
-            f"{_fmt(r['dz'])} | {r['n']} | {_fmt(r['p_holm'], 3)} | {r['verdict']} |")
-
-
 def _calibration_section(result: dict) -> list[str]:
     finals, rows = result["finals"], result["calibration"]
     if not rows:
         return ["## Calibration", "", "Not recorded in these results (final runs written "
                 "before calibration was added to the records).", ""]
     out = ["## Calibration", "",
-           "Test-set NLL, Brier score and ECE (15 equal-width bins, in points) of the final "
-           "iterate, and for the Langevin family (and the noiseless twins) of the trajectory "
-           "average: the mean of the test softmax probabilities over the last epoch's iterates "
-           "(fixed thinning, about 10 iterates). Lower is better. Mean +- std over seeds.", "",
-           "| arm | seeds | NLL | Brier | ECE pts | avg NLL | avg Brier | avg ECE pts | "
-           "averaged iterates |", "|---|---|---|---|---|---|---|---|---|"]
+           "Test-set accuracy, NLL, Brier score and ECE (15 equal-width bins, in points) of the "
+           "final iterate, and of the averaged predictions: for the Langevin family (and the "
+           "noiseless twins) the trajectory average, the mean of the test softmax probabilities "
+           "over the last epoch's iterates (fixed thinning); for the ensemble arms the ensemble "
+           "(next section). Lower is better except accuracy. Mean +- std over seeds.", "",
+           "| arm | seeds | acc % | NLL | Brier | ECE pts | averaged: acc % | NLL | Brier | "
+           "ECE pts | averaged predictions |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, runs in finals.items():
-        cells = [_ms([calibration_value(r, src, m) for r in runs], 3)
-                 for src in ("final", "average") for m in ("nll", "brier", "ece")]
-        samples = [(r.get("calibration") or {}).get("average", {}).get("samples") for r in runs]
-        samples = [v for v in samples if v is not None]
-        out.append(f"| {arm} | {len(runs)} | " + " | ".join(cells)
-                   + f" | {samples[0] if samples else '-'} |")
+        src = "ensemble" if arm in ENSEMBLES else "average"
+        cells = [mean_std([calibration_value(r, s, m) for r in runs], 3)
+                 for s in ("final", src) for m in ("acc", "nll", "brier", "ece")]
+        cal = [(r.get("calibration") or {}).get(src) or {} for r in runs]
+        counts = [c.get("samples", c.get("members")) for c in cal]
+        counts = [v for v in counts if v is not None]
+        what = ("-" if not counts else f"{counts[0]} iterates" if src == "average"
+                else f"{counts[0]} members")
+        out.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + f" | {what} |")
     out += ["", f"Verdicts against the strongest baseline's final iterate ({result['baseline']}), "
             f"paired by seed; diff = arm - baseline; NLL and Brier relative (% of the baseline, "
             f"margin +-{REL_MARGIN:g}%), ECE in points (margin +-{ECE_MARGIN:g}); 95% paired "
@@ -87,7 +76,7 @@ def _calibration_section(result: dict) -> list[str]:
             "verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         label = ("final" if r["source"] == "final" else "trajectory average") + f": {r['metric']}"
-        out.append(_row_line(r, label))
+        out.append(row_line(r, label))
     return out + [""]
 
 
@@ -105,7 +94,7 @@ def _twin_section(result: dict) -> list[str]:
             "| arm | metric vs twin | arm | twin | diff | 95% CI | d_z | n | p (Holm) | "
             "verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(_row_line(r, f"{r['metric']} vs {r['vs']}"))
+        out.append(row_line(r, f"{r['metric']} vs {r['vs']}"))
     return out + [""]
 
 
@@ -118,6 +107,8 @@ def _plots(result: dict, out: Path) -> list[str]:
     finals = result["finals"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for arm, runs in finals.items():
+        if arm in ENSEMBLES:        # not one model's curve: their members one after another
+            continue
         x = runs[0]["curve"]["epoch"]
         for ax, key, scale in ((axes[0], "val_acc", 100), (axes[1], "train_loss", 1),
                                (axes[2], "test_loss", 1)):
@@ -185,18 +176,28 @@ def _plots(result: dict, out: Path) -> list[str]:
         fig.savefig(out / "heatmap_langevin.png", dpi=110)
         plt.close(fig)
         names.append("heatmap_langevin.png")
-    return names
+    shift_plot = robustness_plot(result, out)
+    return names + ([shift_plot] if shift_plot else [])
 
 
-def write_report(results: str | Path, out: str | Path) -> Path:
+def write_report(results: str | Path, out: str | Path, keys: set[str] | None = None) -> Path:
     """Read the JSONL results, write ``report.md`` and PNG plots into ``out``; return the path.
 
     Malformed lines and duplicate keys are handled by ``read_records`` (skipped / last wins,
     with warnings) and listed at the end of the report; records that cannot make a report
     (none, no final or tuning runs, several sweeps mixed) give a one-line ValueError naming the
-    file."""
+    file. ``keys`` (``run_benchmark``: the runs of the current plan): run records with other
+    keys, e.g. the final runs of an older plan in a resumed results file, are left out of the
+    report and counted at its end."""
     issues: list[str] = []
     records = read_records(results, issues)
+    if keys is not None:
+        stale = [r for r in records if r.get("kind", "run") == "run" and r["key"] not in keys]
+        if stale:
+            records = [r for r in records if r.get("kind", "run") != "run" or r["key"] in keys]
+            issues.append(f"{len(stale)} run record(s) of another plan (e.g. an earlier "
+                          "version's final runs) are kept in the file but left out of this "
+                          "report")
     if not records:
         skipped = f" ({len(issues)} malformed line(s) skipped)" if issues else ""
         raise ValueError(f"{results}: no result records{skipped}")
@@ -266,9 +267,9 @@ def _write_report(records: list[dict], issues: list[str], out: Path) -> Path:
     for r in result["rows"]:
         lines.append(
             f"| {r['arm']} | {r['question']} | {QUESTION_TEXT[r['question']]} vs {r['vs']} | "
-            f"{_fmt(r['arm_mean'], 3)} | {_fmt(r['base_mean'], 3)} | {_fmt(r['diff'])} | "
-            f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] | {_fmt(r['dz'])} | "
-            f"{_fmt(r['p_holm'], 3)} | {r['verdict']} |")
+            f"{fmt(r['arm_mean'], 3)} | {fmt(r['base_mean'], 3)} | {fmt(r['diff'])} | "
+            f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}] | {fmt(r['dz'])} | "
+            f"{fmt(r['p_holm'], 3)} | {r['verdict']} |")
     base = result["baseline"]
     base_width = result["sensitivity"].get(base, {}).get("width")
     tested = [r for r in result["rows"] if r["n"]]
@@ -291,8 +292,8 @@ def _write_report(records: list[dict], issues: list[str], out: Path) -> Path:
               f"vs {base} | divergent tuning runs |", "|---|---|---|---|---|---|"]
     for arm, s in result["sensitivity"].items():
         d, n = result["divergence"][arm]
-        lines.append(f"| {arm} | {result['summary'][arm]['hparams']} | {_fmt(s.get('width'))} | "
-                     f"{_fmt(s.get('grid_step'))} | {_sensitivity_words(s, base_width)} | "
+        lines.append(f"| {arm} | {result['summary'][arm]['hparams']} | {fmt(s.get('width'))} | "
+                     f"{fmt(s.get('grid_step'))} | {_sensitivity_words(s, base_width)} | "
                      f"{d}/{n} |")
     lines += [""] + _answers(result["rows"])
     lines += ["## Final runs (mean +- std over seeds)", "",
@@ -302,12 +303,13 @@ def _write_report(records: list[dict], issues: list[str], out: Path) -> Path:
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, s in result["summary"].items():
         lines.append(
-            f"| {arm} | {s['seeds']} | {_ms(s['test_acc'])} | {_ms(s['val_acc'])} | "
-            f"{s['reach_rate']:.2f} | {_ms(s['epochs_to_target'])} | "
-            f"{_ms(s['seconds_to_target'], 1)} | {_ms(s['oscillation'], 4)} | "
-            f"{_ms(s['spikes'], 1)} | {_ms(s['gap'])} | {_ms(s['gap_at_best'])} | "
-            f"{_ms(s['test_loss_climb'], 3)} | {_ms(s['epoch_min_val_loss'])} |")
-    lines += [""] + _calibration_section(result) + _twin_section(result)
+            f"| {arm} | {s['seeds']} | {mean_std(s['test_acc'])} | {mean_std(s['val_acc'])} | "
+            f"{s['reach_rate']:.2f} | {mean_std(s['epochs_to_target'])} | "
+            f"{mean_std(s['seconds_to_target'], 1)} | {mean_std(s['oscillation'], 4)} | "
+            f"{mean_std(s['spikes'], 1)} | {mean_std(s['gap'])} | {mean_std(s['gap_at_best'])} | "
+            f"{mean_std(s['test_loss_climb'], 3)} | {mean_std(s['epoch_min_val_loss'])} |")
+    lines += [""] + _calibration_section(result) + ensemble_section(result)
+    lines += robustness_section(result) + matched_section(result) + _twin_section(result)
     if parts["overhead"]:
         oh = parts["overhead"][-1]
         lines += ["## Step overhead", "",

@@ -8,6 +8,9 @@ with ``seed``); the Langevin noise comes from the optimizer's own generator (see
 Every field that depends on wall-clock time lives under ``record["timing"]``; everything else is
 a deterministic function of the spec (given the torch build and thread count), which is what
 lets records from different executors be compared for identity.
+
+The arms live in ``difflab.bench.arms``, the training loop in ``difflab.bench.training``, the
+ensembles in ``difflab.bench.ensembles`` and the shifted test sets in ``difflab.bench.shifts``.
 """
 from __future__ import annotations
 
@@ -16,41 +19,43 @@ import math
 import os
 import platform
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from difflab.bench import calibration
+from difflab.bench.arms import (ARM_KNOBS, ARMS, AVERAGED_ARMS, BASELINES, ENSEMBLES,
+                                FINAL_ONLY_ARMS, LANGEVIN_ARMS, NOISE_SEED_OFFSET, POSTERIOR_ARMS,
+                                RUN_ARMS, TWINS, make_optimizer)
+from difflab.bench.ensembles import train_ensemble
 from difflab.bench.problems import Problem, load_problem
-from difflab.optim import Langevin
+from difflab.bench.shifts import evaluate_shifts
+from difflab.bench.training import Chunked, Trace, evaluate, train, train_batch
 from difflab.optim.cyclical import SamplingSchedule
-from difflab.optim.posterior import PredictiveAverage
 from difflab.optim.normal import kernel_available
+from difflab.optim.posterior import PosteriorCollector
 
-ARMS = ("sgd", "momentum", "momentum_wd", "adam", "langevin", "tutorial", "sghmc", "annealed")
-BASELINES = ("sgd", "momentum", "momentum_wd", "adam")
-LANGEVIN_ARMS = ("langevin", "tutorial", "sghmc", "annealed")
-# noiseless twins (final runs only): the partner Langevin arm's selected lr and seeds with
-# temperature 0, i.e. the same update rule without the noise. twin -> (partner, its baseline)
-TWINS = {"langevin_twin": ("langevin", "sgd"), "sghmc_twin": ("sghmc", "momentum")}
-RUN_ARMS = ARMS + tuple(TWINS)      # every arm a run record may carry
-# arms whose final records also hold the trajectory average of test predictions
-AVERAGED_ARMS = LANGEVIN_ARMS + tuple(TWINS)
+__all__ = ["ARMS", "ARM_KNOBS", "AVERAGED_ARMS", "BASELINES", "CALIBRATION_BINS", "ENSEMBLES",
+           "FINAL_ONLY_ARMS", "LANGEVIN_ARMS", "NOISE_SEED_OFFSET", "POSTERIOR_ARMS", "RUN_ARMS",
+           "TWINS", "TRAJECTORY_SAMPLES", "RunSpec", "hp", "make_optimizer", "environment",
+           "evaluate", "train_batch", "calibration_metrics", "trajectory_schedule", "run_one"]
+
 CALIBRATION_BINS = 15
-TRAJECTORY_SAMPLES = 10   # thinning = steps_per_epoch // TRAJECTORY_SAMPLES over the last epoch
-# the second hyperparameter each arm reads (all arms read lr)
-ARM_KNOBS = {"momentum_wd": "weight_decay", "langevin": "temperature_n", "tutorial": "noise_std",
-             "sghmc": "temperature_n", "annealed": "eta"}
-NOISE_SEED_OFFSET = 1_000_003
-SPIKE_FACTOR = 2.0      # a step loss above SPIKE_FACTOR x the running median is a spike
-SPIKE_WINDOW = 50
+TRAJECTORY_SAMPLES = 10   # default thinning = steps_per_epoch // samples over the last epoch
+# RunSpec fields added after results files existed: left out of the key at their default, so
+# the keys of older records (tuning runs in particular) stay valid
+_KEY_DEFAULTS = {"shift_n": 0, "trajectory_samples": TRAJECTORY_SAMPLES, "members": 1}
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that determines a run; ``key`` identifies it in the results file."""
+    """Everything that determines a run; ``key`` identifies it in the results file.
+
+    ``shift_n`` > 0: final runs also evaluate their predictors on the first ``shift_n`` test
+    images under every shift condition (``shifts.CONDITIONS``). ``trajectory_samples``: about
+    how many last-epoch iterates the trajectory average of ``AVERAGED_ARMS`` keeps.
+    ``members``: M of an ensemble arm (cycles of the snapshot ensemble, models of the deep
+    ensemble); it must divide ``epochs``; 1 for every other arm."""
 
     problem: str
     arm: str
@@ -64,6 +69,9 @@ class RunSpec:
     batch_size: int = 128
     evals_per_epoch: int = 1
     threads: int = 1
+    shift_n: int = 0
+    trajectory_samples: int = TRAJECTORY_SAMPLES
+    members: int = 1
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -78,13 +86,18 @@ class RunSpec:
             bad("arm", f"choose from {', '.join(RUN_ARMS)}")
         if self.phase not in ("tune", "grid", "final"):
             bad("phase", "choose from tune, grid, final")
-        if self.arm in TWINS and self.phase != "final":
+        if self.arm in FINAL_ONLY_ARMS and self.phase != "final":
             bad("phase", f"arm {self.arm} runs in the final phase only")
         for name, lo in (("seed", 0), ("epochs", 1), ("batch_size", 1), ("evals_per_epoch", 1),
-                         ("threads", 1)):
+                         ("threads", 1), ("shift_n", 0), ("trajectory_samples", 1),
+                         ("members", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 bad(name, f"an integer >= {lo}")
+        if self.arm in ENSEMBLES and self.epochs % self.members:
+            bad("members", f"must divide epochs {self.epochs}: the members share the epochs")
+        if self.arm not in ENSEMBLES and self.members != 1:
+            bad("members", f"1 for a single-model arm like {self.arm}")
         for name in ("n_train", "n_val", "n_test"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -102,6 +115,9 @@ class RunSpec:
     def key(self) -> str:
         d = asdict(self)
         d.pop("extra")
+        for name, default in _KEY_DEFAULTS.items():
+            if d[name] == default:
+                d.pop(name)
         d["hparams"] = dict(self.hparams)
         return json.dumps(d, sort_keys=True)
 
@@ -109,44 +125,6 @@ class RunSpec:
 def hp(**kwargs) -> tuple:
     """Hyperparameters as the sorted tuple a RunSpec stores."""
     return tuple(sorted(kwargs.items()))
-
-
-def make_optimizer(arm: str, params, hparams: dict, n_train: int, seed: int):
-    """Arm name + hyperparameters -> optimizer. Temperatures of the Langevin arms are given as
-    ``temperature_n = D * N`` (D = 1/N is the posterior temperature of a mean loss)."""
-    for name in ("lr", ARM_KNOBS.get(arm)):
-        if name is not None and name not in hparams:
-            raise ValueError(f"optimizer arm {arm!r} needs the hyperparameter {name!r} "
-                             f"(got {sorted(hparams)})")
-    lr = hparams["lr"]
-    noise_seed = seed + NOISE_SEED_OFFSET
-    if arm == "sgd":
-        return torch.optim.SGD(params, lr=lr, foreach=True)
-    if arm == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=True)
-    if arm == "momentum_wd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=hparams["weight_decay"],
-                               foreach=True)
-    if arm == "adam":
-        return torch.optim.Adam(params, lr=lr, foreach=True)
-    if arm == "langevin":
-        return Langevin(params, lr=lr, temperature=hparams["temperature_n"] / n_train,
-                        noise="langevin", seed=noise_seed)
-    if arm == "tutorial":
-        return Langevin(params, lr=lr, temperature=hparams["noise_std"], noise="constant",
-                        seed=noise_seed)
-    if arm == "sghmc":
-        return Langevin(params, lr=lr, temperature=hparams["temperature_n"] / n_train,
-                        noise="langevin", momentum=0.9, seed=noise_seed)
-    if arm == "annealed":
-        return Langevin(params, lr=lr, temperature=hparams["eta"], noise="annealed",
-                        gamma=0.55, seed=noise_seed)
-    if arm == "langevin_twin":
-        return Langevin(params, lr=lr, temperature=0.0, noise="langevin", seed=noise_seed)
-    if arm == "sghmc_twin":
-        return Langevin(params, lr=lr, temperature=0.0, noise="langevin", momentum=0.9,
-                        seed=noise_seed)
-    raise ValueError(f"unknown optimizer arm {arm!r} (choose from {', '.join(ARMS)})")
 
 
 def environment(threads: int) -> dict:
@@ -164,67 +142,81 @@ def environment(threads: int) -> dict:
             "noise_kernel": "compiled" if kernel_available() else "numpy"}
 
 
-@torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a resident tensor."""
-    total_loss, correct = 0.0, 0
-    for i in range(0, x.shape[0], batch):
-        out = model(x[i:i + batch])
-        total_loss += F.cross_entropy(out, y[i:i + batch], reduction="sum").item()
-        correct += (out.argmax(1) == y[i:i + batch]).sum().item()
-    return total_loss / x.shape[0], correct / x.shape[0]
-
-
-def train_batch(model, opt, problem: Problem, idx: torch.Tensor) -> float:
-    """One optimizer step on the mini-batch ``idx`` gathered from the resident train tensor."""
-    xb, yb = problem.train_x[idx], problem.train_y[idx]
-    opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(xb), yb)
-    loss.backward()
-    opt.step()
-    return loss.item()
-
-
-def _finite(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
-class _Chunked(torch.nn.Module):
-    """``model`` applied in chunks of ``batch`` rows (bounded memory on the whole test set)."""
-
-    def __init__(self, model, batch: int = 1000):
-        super().__init__()
-        self.model, self.batch = model, batch
-
-    def forward(self, x):
-        return torch.cat([self.model(x[i:i + self.batch]) for i in range(0, x.shape[0], self.batch)])
-
-
 def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict | None:
-    """Test NLL, Brier and ECE (``CALIBRATION_BINS`` bins) of class probabilities; None if any
-    probability is not finite (a diverged model)."""
+    """Test NLL, Brier, ECE (``CALIBRATION_BINS`` bins), accuracy and mean predictive entropy
+    (nats) of class probabilities; None if any probability is not finite (a diverged model)."""
     if not torch.isfinite(probs).all():
         return None
+    probs = probs.to(torch.float64)
     out = {"nll": calibration.nll(probs, labels), "brier": calibration.brier(probs, labels),
-           "ece": calibration.ece(probs, labels, bins=CALIBRATION_BINS)}
+           "ece": calibration.ece(probs, labels, bins=CALIBRATION_BINS),
+           "acc": float((probs.argmax(1) == labels).to(torch.float64).mean()),
+           "entropy": float(calibration.predictive_entropy(probs).mean())}
     return out if all(math.isfinite(v) for v in out.values()) else None
 
 
-def trajectory_schedule(epochs: int, steps_per_epoch: int) -> SamplingSchedule:
-    """The iterates averaged for ``calibration.average``: the last epoch's steps, thinned to
-    about ``TRAJECTORY_SAMPLES`` (0-based global steps burn_in + thinning - 1, ...)."""
+def trajectory_schedule(epochs: int, steps_per_epoch: int,
+                        samples: int = TRAJECTORY_SAMPLES) -> SamplingSchedule:
+    """The iterates of the trajectory average: the last epoch's steps, thinned to about
+    ``samples`` (0-based global steps burn_in + thinning - 1, ...)."""
     return SamplingSchedule(burn_in=(epochs - 1) * steps_per_epoch,
-                            thinning=max(1, steps_per_epoch // TRAJECTORY_SAMPLES))
+                            thinning=max(1, steps_per_epoch // samples))
+
+
+def _softmax_of(chunked: Chunked):
+    """Predictor: standardized inputs -> float64 softmax of the model's current parameters."""
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        was_training = chunked.training
+        chunked.eval()
+        try:
+            return chunked(x).softmax(-1).to(torch.float64)
+        finally:
+            chunked.train(was_training)
+    return predict
+
+
+def _evaluate_final(spec: RunSpec, problem: Problem, chunked: Chunked, trace: Trace,
+                    collector: PosteriorCollector | None) -> dict:
+    """``calibration`` (and ``shift``) fields of a final record, see ``run_one``."""
+    predictors = {"final": None if trace.diverged else _softmax_of(chunked)}
+    cal: dict = {"bins": CALIBRATION_BINS, "final": None}
+    source = "average" if spec.arm in AVERAGED_ARMS else "ensemble" if spec.arm in ENSEMBLES \
+        else None
+    if source is not None:
+        ok = not trace.diverged and len(collector) > 0
+        predictors[source] = ((lambda x: collector.predictive(chunked, x, dtype=torch.float64))
+                              if ok else None)
+    probs = {s: (f(problem.test_x) if f is not None else None) for s, f in predictors.items()}
+    metrics = {s: (calibration_metrics(p, problem.test_y) if p is not None else None)
+               for s, p in probs.items()}
+    cal["final"] = metrics["final"]
+    if source == "average":
+        sched = collector.schedule
+        cal["average"] = {"samples": len(collector), "thinning": sched.thinning,
+                          "from_step": sched.burn_in, "metrics": metrics["average"]}
+    elif source == "ensemble":
+        cal["ensemble"] = {"kind": spec.arm, "members": len(collector),
+                           "epochs_per_member": spec.epochs // spec.members,
+                           "metrics": metrics["ensemble"]}
+    out = {"calibration": cal}
+    if spec.shift_n:
+        out["shift"] = evaluate_shifts(problem, predictors, spec.shift_n)
+    return out
 
 
 def run_one(spec: RunSpec, data_dir: str | None = None, on_step=None) -> dict:
-    """Train one model as described by ``spec`` and return its record.
+    """Train one model (or an ensemble) as described by ``spec`` and return its record.
 
-    Final runs also get ``record["calibration"]``: ``{"bins": 15, "final": {nll, brier, ece}
-    or null, "average": ...}`` with the test NLL / Brier / ECE of the final iterate and, for
+    Final runs also get ``record["calibration"]``: ``{"bins": 15, "final": {nll, brier, ece,
+    acc, entropy} or null, ...}`` with the test metrics of the final iterate and, for
     ``AVERAGED_ARMS``, ``"average"``: the same metrics of the mean of the test softmax
-    probabilities over the iterates ``trajectory_schedule`` selects (``PredictiveAverage``),
-    plus ``samples``, ``thinning`` and ``from_step``; metrics are null after a divergence.
+    probabilities over the iterates ``trajectory_schedule`` selects (``PosteriorCollector``),
+    plus ``samples``, ``thinning`` and ``from_step``; for ``ENSEMBLES``, ``"ensemble"``: the
+    metrics of the ensemble's predictive with ``kind``, ``members`` and ``epochs_per_member``
+    ("final" is then the last snapshot / the last member alone). Metrics are null after a
+    divergence. With ``spec.shift_n``, ``record["shift"]`` holds ``{"seed", "n", source:
+    {condition: {acc, nll, entropy}}}`` for the same predictors (``shifts.evaluate_shifts``).
     ``on_step(model, step)`` (tests) is called after every optimizer step."""
     if torch.get_num_threads() != spec.threads:
         torch.set_num_threads(spec.threads)
@@ -232,105 +224,37 @@ def run_one(spec: RunSpec, data_dir: str | None = None, on_step=None) -> dict:
     problem: Problem = load_problem(spec.problem, None if data_dir is None else str(data_dir),
                                    spec.n_train, spec.n_val, spec.n_test)
     hparams = dict(spec.hparams)
-    model = problem.make_model(spec.seed)
-    n_params = sum(p.numel() for p in model.parameters())
-    opt = make_optimizer(spec.arm, model.parameters(), hparams, problem.n_train, spec.seed)
-    order = torch.Generator().manual_seed(spec.seed)
-    n, bs = problem.n_train, spec.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    eval_every = max(1, math.ceil(steps_per_epoch / spec.evals_per_epoch))
     final_phase = spec.phase == "final"
-    n_train_eval = min(n, problem.val_x.shape[0])   # train accuracy on a fixed train subset
+    trace = Trace(problem, final_phase, spec.epochs, spec.evals_per_epoch, spec.batch_size)
+    model = problem.make_model(spec.seed)
+    chunked = Chunked(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    collector = None
+    if spec.arm in ENSEMBLES:
+        collector = train_ensemble(spec.arm, hparams, spec.seed, spec.members, problem, model,
+                                   chunked, trace, on_step)
+    else:
+        opt = make_optimizer(spec.arm, model.parameters(), hparams, problem.n_train, spec.seed)
+        if final_phase and spec.arm in AVERAGED_ARMS:
+            collector = PosteriorCollector(
+                chunked, trajectory_schedule(spec.epochs, trace.steps_per_epoch,
+                                             spec.trajectory_samples), max_snapshots=10 ** 6)
 
-    curve = {k: [] for k in ("epoch", "val_loss", "val_acc", "train_loss")}
-    if final_phase:
-        curve.update(test_loss=[], test_acc=[], train_eval_loss=[], train_eval_acc=[])
-    train_seconds, train_clock = [], 0.0
-    initial_loss, _ = evaluate(model, problem.train_x[:n_train_eval], problem.train_y[:n_train_eval])
-    recent = deque(maxlen=SPIKE_WINDOW)
-    spikes, diverged, last_epoch_losses, running = 0, False, [], []
-    averager = None
-    if final_phase and spec.arm in AVERAGED_ARMS:
-        averager = PredictiveAverage(_Chunked(model), problem.test_x,
-                                     trajectory_schedule(spec.epochs, steps_per_epoch))
-    global_step = 0
-
-    def record_eval(epoch_pos: float) -> None:
-        curve["epoch"].append(round(epoch_pos, 6))
-        curve["train_loss"].append(sum(running) / len(running) if running else None)
-        running.clear()
-        for split, x, y in (("val", problem.val_x, problem.val_y),
-                            ("test", problem.test_x, problem.test_y),
-                            ("train_eval", problem.train_x[:n_train_eval],
-                             problem.train_y[:n_train_eval])):
-            if split != "val" and not final_phase:
-                continue
-            if diverged:
-                loss, acc = float("nan"), 1.0 / problem.num_classes
-            else:
-                loss, acc = evaluate(model, x, y)
-            curve[f"{split}_loss"].append(_finite(loss))
-            curve[f"{split}_acc"].append(acc)
-        train_seconds.append(train_clock)
-
-    for epoch in range(spec.epochs):
-        perm = torch.randperm(n, generator=order)
-        last_epoch_losses = []
-        for k in range(steps_per_epoch):
-            t0 = time.perf_counter()
-            value = train_batch(model, opt, problem, perm[k * bs:(k + 1) * bs])
-            train_clock += time.perf_counter() - t0
-            if not math.isfinite(value) or not all(torch.isfinite(p).all()
-                                                   for p in model.parameters()):
-                diverged = True
-                break
-            if len(recent) == SPIKE_WINDOW and value > SPIKE_FACTOR * sorted(recent)[len(recent) // 2]:
-                spikes += 1
-            if averager is not None:
-                averager.step()
+        def after_step(m, step):
+            if collector is not None:
+                collector.step()
             if on_step is not None:
-                on_step(model, global_step)
-            global_step += 1
-            recent.append(value)
-            running.append(value)
-            last_epoch_losses.append(value)
-            if (k + 1) % eval_every == 0 or k + 1 == steps_per_epoch:
-                record_eval(epoch + (k + 1) / steps_per_epoch)
-        if diverged:
-            # fill the remaining evaluation points at chance level so curves keep their length
-            done = len(curve["epoch"])
-            total = spec.epochs * math.ceil(steps_per_epoch / eval_every)
-            for j in range(done, total):
-                record_eval(spec.epochs * (j + 1) / total)
-            break
+                on_step(m, step)
 
-    m = len(last_epoch_losses)
-    mean_last = sum(last_epoch_losses) / m if m else float("nan")
-    osc = math.sqrt(sum((v - mean_last) ** 2 for v in last_epoch_losses) / (m - 1)) if m > 1 else None
-    extra = {}
-    if final_phase:
-        cal: dict = {"bins": CALIBRATION_BINS, "final": None}
-        if not diverged:
-            with torch.no_grad():
-                model.eval()
-                probs = _Chunked(model)(problem.test_x).softmax(-1)
-                model.train()
-            cal["final"] = calibration_metrics(probs, problem.test_y)
-        if averager is not None:
-            sched = averager.schedule
-            ok = not diverged and averager.count > 0
-            cal["average"] = {"samples": averager.count, "thinning": sched.thinning,
-                              "from_step": sched.burn_in,
-                              "metrics": calibration_metrics(averager.mean, problem.test_y)
-                              if ok else None}
-        extra["calibration"] = cal
+        train(model, opt, trace, spec.seed, spec.epochs, after_step=after_step)
+    extra = _evaluate_final(spec, problem, chunked, trace, collector) if final_phase else {}
     return {
         "key": spec.key, "problem": spec.problem, "arm": spec.arm, "hparams": hparams,
         "seed": spec.seed, "phase": spec.phase, "epochs": spec.epochs, "n_train": problem.n_train,
         "n_val": problem.val_x.shape[0], "n_test": problem.test_x.shape[0],
-        "batch_size": bs, "n_params": n_params, "env": environment(spec.threads),
-        "initial_loss": initial_loss, "diverged": diverged, "spikes": spikes,
-        "last_epoch_loss_std": osc, "curve": curve, **extra,
-        "timing": {"train_seconds": train_seconds, "wall_seconds": time.time() - started,
+        "batch_size": spec.batch_size, "n_params": n_params, "env": environment(spec.threads),
+        "initial_loss": trace.initial_loss, "diverged": trace.diverged, "spikes": trace.spikes,
+        "last_epoch_loss_std": trace.oscillation(), "curve": trace.curve, **extra,
+        "timing": {"train_seconds": trace.train_seconds, "wall_seconds": time.time() - started,
                    "started": started, "finished": time.time()},
     }

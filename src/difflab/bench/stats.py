@@ -19,6 +19,11 @@ import numpy as np
 
 BOOTSTRAP_SAMPLES = 10000
 ALPHA = 0.05
+# declared equivalence margins (before running)
+ACC_MARGIN = 0.5            # accuracy points (and train-minus-test gaps in points)
+REL_MARGIN = 10.0           # percent of the reference (times, oscillation, NLL, Brier, entropy)
+ECE_MARGIN = 1.0            # ECE points (ECE x 100)
+LOSS_GAP_MARGIN = 0.02      # nats, test-minus-train loss gap
 
 
 def bootstrap_ci(values, statistic=np.mean, level: float = 0.95, seed: int = 0,
@@ -82,3 +87,34 @@ def verdict(ci: list[float], p_adj: float, margin: float, better: int, unit: str
         side = "better" if favourable else "worse"
         return f"inconclusive: CI excludes 0 ({side}) but not significant after Holm"
     return f"inconclusive: CI spans 0 and exceeds the +-{margin:g} {unit} margin"
+
+
+def paired_row(arm: str, question: str, metric: str, vs: str, pairs: np.ndarray, kind: str,
+               margin: float, unit: str, better: int) -> dict:
+    """One tested row from ``pairs`` [n, 2] = (arm, reference) values paired by seed: the
+    mean paired difference (``kind`` "abs": arm - ref; "rel": 100 (arm - ref) / |mean ref|),
+    Cohen's d_z, its 95% bootstrap CI and the exact sign-flip p (Holm: ``decide``)."""
+    pairs = np.asarray(pairs, dtype=float).reshape(-1, 2)
+    if pairs.size == 0:
+        diffs = np.array([])
+    elif kind == "abs":
+        diffs = pairs[:, 0] - pairs[:, 1]
+    else:
+        scale = abs(pairs[:, 1].mean()) or 1.0
+        diffs = 100 * (pairs[:, 0] - pairs[:, 1]) / scale
+    sd = diffs.std(ddof=1) if diffs.size > 1 else float("nan")
+    return {"arm": arm, "question": question, "metric": metric, "vs": vs, "n": int(diffs.size),
+            "arm_mean": float(pairs[:, 0].mean()) if pairs.size else None,
+            "base_mean": float(pairs[:, 1].mean()) if pairs.size else None,
+            "diff": float(diffs.mean()) if diffs.size else float("nan"),
+            "dz": float(diffs.mean() / sd) if sd and sd == sd and sd > 0 else None,
+            "ci": bootstrap_ci(diffs), "p": paired_permutation_p(diffs),
+            "margin": margin, "unit": unit, "better": better}
+
+
+def decide(rows: list[dict]) -> list[dict]:
+    """Holm over ``rows`` (one family) and the verdict of each (in place; returns ``rows``)."""
+    for r, p in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = p
+        r["verdict"] = verdict(r["ci"], p, r["margin"], r["better"], r["unit"])
+    return rows

@@ -29,9 +29,12 @@ def cmd_bench(args) -> int:
     from difflab.bench import run_benchmark
 
     if args.report_only:
+        from difflab.bench import planned_keys
         from difflab.bench.report import write_report
 
-        print(write_report(Path(args.out) / "results.jsonl", args.out))
+        results = Path(args.out) / "results.jsonl"
+        keys = planned_keys(results) if results.is_file() else None
+        print(write_report(results, args.out, keys=keys))
         return 0
     command = "difflab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_benchmark(args.problem, args.budget, args.out, executor=args.executor,

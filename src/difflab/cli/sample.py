@@ -21,8 +21,10 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
     p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's)")
-    p.add_argument("--grid", choices=[*GRIDS, "optimized"], help="sigma grid (default: the "
-                   "run's); optimized: the grid difflab schedule made for this sampler and steps")
+    p.add_argument("--grid", choices=["auto", "optimized", *GRIDS], help="sigma grid (default: "
+                   "the run's); optimized: the grid difflab schedule made for this sampler and "
+                   "steps; auto: that grid if made, else log-SNR with a final Tweedie step at "
+                   "<= 10 evaluations, else the model's")
     p.add_argument("--eta", type=float, help="DDIM stochasticity (0 deterministic, 1 DDPM)")
     p.add_argument("--class-label", type=int, help="class to draw (conditional models)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: "
@@ -95,10 +97,22 @@ def cmd_sample(args) -> int:
         raise UsageError(f"--class-label {args.class_label}: the model has "
                          f"{classes or 'no'} classes")
     options = {"eta": args.eta} if args.eta is not None else {}
+    # under torchrun each rank draws a contiguous range of sample indices; rank 0 gathers them
+    # in order and writes (sample i is the same whichever rank draws it: generation.generate)
+    import torch
+
+    from difflab.training import distributed
+
+    model.denoiser.to(distributed.init(model.device))
+    start, count = distributed.shard(args.n, args.batch_size)  # whole batches: bit-exact
     started = time.perf_counter()
-    images = model.generate(args.n, args.steps, args.sampler, args.guidance, args.seed,
-                            grid=args.grid, class_label=args.class_label,
-                            batch_size=args.batch_size, **options).cpu()
+    part = model.generate(count, args.steps, args.sampler, args.guidance, args.seed,
+                          grid=args.grid, class_label=args.class_label,
+                          batch_size=args.batch_size, start=start, **options) if count else \
+        torch.empty((0, *model.shape.item), device=model.device)
+    images = distributed.gather(part, args.n, args.batch_size)
+    if images is None:  # ranks > 0: rank 0 writes
+        return 0
     recipe = model.config.sample
     print(f"{args.n} samples in {time.perf_counter() - started:.1f} s ({sampler}, "
           f"{args.steps or recipe.steps} steps, guidance "
@@ -123,10 +137,7 @@ def cmd_eval(args) -> int:
     if args.n is not None and args.n < 2:
         raise MetricsError(f"--n must be at least 2 (FID needs a covariance), got {args.n}")
     if args.samples is None:
-        extractors = [ev.difflab_extractor(dataset)]
-        if args.inception_weights:
-            extractors.append(ev.inception_extractor(args.inception_weights))
-        for e in extractors:
+        for _, e in ev.extractors_for(dataset, args.inception_weights):
             for ref in (args.ref, ev.floor_reference(args.ref)):
                 feats, _ = ev.reference_features(ref, e, args.data_dir, verbose=True)
                 print(f"{ref}: {len(feats)} images, {feats.shape[1]}-d {e.name} features cached in "

@@ -88,6 +88,7 @@ def cmd_train(args) -> int:
 
     config = train_config(args)
     report = train_run(config, resume=args.resume, force=args.force)
-    print(f"report: {report}")
-    print(f"samples: {Path(config.loop.out) / 'samples.png'}")
+    if report is not None:  # None on the ranks > 0 of a torchrun run
+        print(f"report: {report}")
+        print(f"samples: {Path(config.loop.out) / 'samples.png'}")
     return 0

@@ -15,7 +15,8 @@ import torch
 from difflab.device import autocast, model_device
 from difflab.diffusion.guidance import guided
 from difflab.diffusion.samplers import (noise_like, sample_ddim, sample_ddpm, sample_dpmpp_2m,
-                                        sample_dpmpp_3m, sample_euler, sample_heun, sample_unipc)
+                                        sample_dpmpp_3m, sample_euler, sample_generators,
+                                        sample_heun, sample_unipc)
 from difflab.diffusion.schedules import sigma_grid
 from difflab.diffusion.sde import sample_ald, sample_euler_maruyama, sample_pc
 
@@ -23,6 +24,12 @@ SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "euler": sample_euler, "he
             "dpmpp-2m": sample_dpmpp_2m, "dpmpp-3m": sample_dpmpp_3m, "unipc": sample_unipc,
             "euler-maruyama": sample_euler_maruyama, "pc": sample_pc, "ald": sample_ald}
 MAX_STEPS = 10_000  # more steps than any sampler needs; bounds the time and memory of a call
+ODE_SAMPLERS = ("ddim", "euler", "heun", "dpmpp-2m", "dpmpp-3m", "unipc")
+# grid "auto" without an optimized grid, at most AUTO_FEW_NFE evaluations per sample: log-SNR
+# spacing whose last positive level is AUTO_LAST_SIGMA, then a final Tweedie step x = D(x; sigma)
+# to 0 (chosen on BENCHMARKS.md, "Few-step sampling": exact-score mixtures and the MNIST model)
+AUTO_FEW_NFE = 10
+AUTO_LAST_SIGMA = 0.03
 
 
 def machine_memory() -> int | None:
@@ -51,10 +58,19 @@ def get_sampler(name: str):
     return SAMPLERS[name]
 
 
-def model_sigmas(denoiser, steps: int, grid=None) -> torch.Tensor:
+def nfe_of(sampler: str, steps: int) -> int:
+    """Network evaluations per sample of ``steps`` steps ending at sigma = 0 (Heun: 2 per step,
+    1 for the last), without guidance (which doubles them)."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def model_sigmas(denoiser, steps: int, grid=None, sampler: str | None = None) -> torch.Tensor:
     """The sigma grid of ``steps`` steps for a denoiser: ``grid`` by name, or an explicit grid (a
     decreasing sequence of steps + 1 levels ending in 0, e.g. an optimized one), or by default
-    the trained DDPM grid for DDPM-trained models and the Karras grid otherwise."""
+    (None) the trained DDPM grid for DDPM-trained models and the Karras grid otherwise.
+    ``"auto"`` (a run's optimized grid is resolved by the caller, ``difflab.runs``): for the
+    deterministic ``sampler`` s at <= AUTO_FEW_NFE evaluations, log-SNR down to AUTO_LAST_SIGMA
+    and a final Tweedie step; else the default."""
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
     if grid is not None and not isinstance(grid, str):
@@ -64,19 +80,25 @@ def model_sigmas(denoiser, steps: int, grid=None) -> torch.Tensor:
                              f"decreasing levels ending in 0, got {sigmas.tolist()}")
         return sigmas
     alpha_bar = getattr(denoiser, "alpha_bar", None)
+    sigma_min, sigma_max = denoiser.sigma_min, denoiser.sigma_max
+    if grid == "auto":
+        few = sampler in ODE_SAMPLERS and nfe_of(sampler, steps) <= AUTO_FEW_NFE
+        grid = "log-snr" if few and max(sigma_min, AUTO_LAST_SIGMA) < sigma_max else None
+        sigma_min = max(sigma_min, AUTO_LAST_SIGMA) if few else sigma_min
     if grid is None:
         grid = "ddpm" if alpha_bar is not None else "karras"
-    return sigma_grid(grid, steps, denoiser.sigma_min, denoiser.sigma_max, alpha_bar=alpha_bar)
+    return sigma_grid(grid, steps, sigma_min, sigma_max, alpha_bar=alpha_bar)
 
 
 @torch.no_grad()
 def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid=None,
-           cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           cond: torch.Tensor | None = None, generator=None,
            guidance_scale: float = 1.0, callback=None, **options) -> torch.Tensor:
     """One batch of ``shape`` from a denoiser: build the sigma grid, draw the start noise on the
-    denoiser's device (scaled by the first sigma) and run the named sampler with guidance."""
+    denoiser's device (scaled by the first sigma) and run the named sampler with guidance.
+    ``generator``: one torch.Generator, or a list of one per sample (``samplers.noise_like``)."""
     fn = get_sampler(sampler)
-    sigmas = model_sigmas(denoiser, steps, grid)
+    sigmas = model_sigmas(denoiser, steps, grid, sampler)
     device = model_device(denoiser) if isinstance(denoiser, torch.nn.Module) else torch.device("cpu")
     x = noise_like(torch.empty(shape, device=device), generator) * float(sigmas[0])
     return fn(guided(denoiser, guidance_scale), x, sigmas, cond=cond, generator=generator,
@@ -97,34 +119,40 @@ def class_labels(start: int, count: int, num_classes: int, class_label: int | No
 def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, steps: int,
              grid=None, guidance: float = 1.0, seed: int = 0,
              batch_size: int = 250, class_label: int | None = None, precision: str = "fp32",
-             **options) -> torch.Tensor:
-    """``n`` samples in [-1, 1], float32, shape ``[n, *item_shape]``, on the denoiser's device.
+             start: int = 0, **options) -> torch.Tensor:
+    """Samples ``start`` .. ``start + n - 1`` in [-1, 1], float32, shape ``[n, *item_shape]``, on
+    the denoiser's device.
 
-    One generator seeded with ``seed`` draws all batches in order, so the samples depend on the
-    seed and the batch size, not on the machine's thread count. ``precision`` is a resolved
-    precision ('bf16' or 'fp32', see ``difflab.device``); guidance applies to conditional models.
-    Raises ValueError if any sample is not finite, naming the likely causes."""
+    Sample i draws all its noise from its own generator, seeded by (``seed``, i)
+    (``samplers.sample_generators``), and has class label i mod K (or ``class_label``): its noise
+    does not depend on the batch, the call or the process that draws it. Ranges drawn apart (e.g. by the ranks of ``torchrun
+    ... difflab sample``) join into the samples of one call: bit for bit when every range starts
+    at a multiple of ``batch_size`` (the batches are then the same), else up to float rounding
+    (some kernels' results depend on the batch size in the last bits). ``precision`` is a
+    resolved precision ('bf16' or 'fp32', see ``difflab.device``); guidance applies to
+    conditional models. Raises ValueError if any sample is not finite."""
     get_sampler(sampler)
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
+    if start < 0:
+        raise ValueError(f"start (the first sample index) must be >= 0, got {start}")
     check_sample_memory(n, item_shape)
     if not math.isfinite(guidance) or guidance < 0:
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
     if class_label is not None and not 0 <= class_label < max(num_classes, 1):
         raise ValueError(f"class label {class_label}: the model has {num_classes or 'no'} classes")
     device = model_device(denoiser)
-    generator = torch.Generator(device).manual_seed(seed)
     was_training = denoiser.training
     denoiser.eval()
     chunks = []
     try:
-        for start in range(0, n, batch_size):
-            count = min(batch_size, n - start)
-            cond = class_labels(start, count, num_classes, class_label)
+        for first in range(start, start + n, batch_size):
+            count = min(batch_size, start + n - first)
+            cond = class_labels(first, count, num_classes, class_label)
             cond = None if cond is None else cond.to(device)
             with autocast(device, precision):
                 chunks.append(sample(denoiser, (count, *item_shape), sampler, steps, grid, cond=cond,
-                                     generator=generator,
+                                     generator=sample_generators(seed, first, count, device),
                                      guidance_scale=guidance if num_classes else 1.0, **options))
     finally:
         denoiser.train(was_training)

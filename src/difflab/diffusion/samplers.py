@@ -7,6 +7,8 @@ Every sampler has one signature::
 ``denoiser(x, sigma, cond) -> x0_hat`` is the VE-form contract of ``difflab.diffusion.denoiser``; ``x`` is
 the starting noise already scaled by ``sigmas[0]``; ``sigmas`` is a 1-D tensor ending in 0 (see
 ``difflab.diffusion.schedules.sigma_grid``); ``callback(i, sigma, x, x0_hat)`` is called once per step.
+``generator`` is one ``torch.Generator`` or a list of one per row of ``x``; every draw goes through
+:func:`noise_like`, so with per-row generators each sample's trajectory is independent of its batch.
 
 | code        | paper symbol       | meaning                                          |
 |-------------|--------------------|--------------------------------------------------|
@@ -19,16 +21,37 @@ the starting noise already scaled by ``sigmas[0]``; ``sigmas`` is a 1-D tensor e
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
 
-from difflab.diffusion.denoiser import append_dims
+
+def noise_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, on its device, from ``generator``: one
+    ``torch.Generator`` (or None) for the whole tensor, or a sequence of one generator per row of
+    ``x`` (see :func:`sample_generators`), each drawing its own row, so that a row's noise does
+    not depend on which other rows share the batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"{len(generator)} per-row generators for a batch of {x.shape[0]} rows")
+    return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device)
+                        for g in generator])
 
 
-def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, on its device, from ``generator``."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def keyed_seed(*keys) -> int:
+    """A 63-bit seed hashed (BLAKE2b) from ``keys`` (ints and strings), e.g. (purpose, run seed,
+    step, sample index): a stream per key that no other draw can shift."""
+    text = repr(tuple(k if isinstance(k, str) else int(k) for k in keys))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def sample_generators(seed: int, start: int, count: int, device="cpu") -> list[torch.Generator]:
+    """One generator per sample index start..start+count-1, seeded by (seed, index): all the
+    noise of sample i, whatever its batch or process (pass the list as a sampler's generator)."""
+    return [torch.Generator(device).manual_seed(keyed_seed("sample", seed, i))
+            for i in range(start, start + count)]
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:

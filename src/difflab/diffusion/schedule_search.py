@@ -108,7 +108,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from difflab.diffusion.generation import get_sampler
+from difflab.diffusion.generation import get_sampler, nfe_of
 from difflab.diffusion.guidance import guided
 from difflab.diffusion.schedule_dp import (_gram, dp_single_step, dp_two_step, dpmpp_2m_costs,
                                            euler_costs)
@@ -137,11 +137,6 @@ class Teacher:
     states: torch.Tensor
     denoised: torch.Tensor
     nfe: int
-
-
-def nfe_of(sampler: str, steps: int) -> int:
-    """Network evaluations of ``steps`` steps of a supported sampler ending at sigma = 0."""
-    return 2 * steps - 1 if sampler == "heun" else steps
 
 
 def _check_sampler(name: str, options: dict, role: str) -> None:

@@ -9,6 +9,9 @@
 - The floor: FID/KID of N real images of the *other* split of the same data set against the
   reference. FID is biased upward at small N (Chong & Forsyth 2020), so a model's FID means
   little without the floor at the same N.
+- Two feature spaces where difflab ships two networks (MNIST: ``SECOND_FEATURES``): every metric
+  is computed in both, the second under the prefix ``alt_``, so that a recipe choice made on one
+  network can be checked on another it was not tuned on.
 - :func:`evaluate_images` is the in-memory entry point (used by ``difflab train --eval-every``).
 """
 from __future__ import annotations
@@ -31,6 +34,9 @@ REFERENCES = ("mnist-test", "mnist-train", "cifar10-test", "cifar10-train")
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}  # dataset -> (channels, size)
 SMALL_N = 5000
 CACHE_ENV = "DIFFLAB_CACHE"
+SECOND_FEATURES = {"mnist": "mnist-alt"}  # dataset -> the second shipped feature network
+FEATURE_LABELS = {"mnist": "difflab-MNIST", "cifar10": "difflab-CIFAR10",
+                  "mnist-alt": "difflab-MNIST-alt"}
 
 
 def parse_reference(reference: str) -> tuple[str, str]:
@@ -59,12 +65,24 @@ class Extractor:
         return metrics.extract(self.net, images, self.batch_size)
 
 
-def difflab_extractor(dataset: str) -> Extractor:
+def difflab_extractor(name: str) -> Extractor:
+    """The shipped feature network ``name`` (a data set, or e.g. ``mnist-alt``)."""
     from difflab.nets.classifier import load_feature_net, weights_paths
 
-    net = load_feature_net(dataset)
-    label = {"mnist": "difflab-MNIST", "cifar10": "difflab-CIFAR10"}[dataset]
-    return Extractor(net, label, f"{dataset}-features-{_file_hash(weights_paths(dataset)[0])}", 1000)
+    net = load_feature_net(name)
+    return Extractor(net, FEATURE_LABELS[name],
+                     f"{name}-features-{_file_hash(weights_paths(name)[0])}", 1000)
+
+
+def extractors_for(dataset: str, inception_weights=None) -> list[tuple[str, Extractor]]:
+    """(metric-name prefix, extractor) of every feature space scored for ``dataset``: difflab's
+    network (no prefix), the second one (``alt_``) where shipped, Inception-v3 if given."""
+    out = [("", difflab_extractor(dataset))]
+    if dataset in SECOND_FEATURES:
+        out.append(("alt_", difflab_extractor(SECOND_FEATURES[dataset])))
+    if inception_weights:
+        out.append(("inception_", inception_extractor(inception_weights)))
+    return out
 
 
 def inception_extractor(path) -> Extractor:
@@ -127,6 +145,8 @@ def score_features(fake: np.ndarray, fake_probs: np.ndarray, ref: np.ndarray, fl
     out["floor_n"] = floor_n
     out["fid_floor"] = metrics.fid_from_stats(metrics.FeatureStats.of(real), ref_stats)
     out["kid_floor"], _ = metrics.kid(real, ref, kid_subsets, generator=gen)
+    if n > pr_k and floor_n > pr_k:  # the real-vs-real balance that samples' P/R should match
+        out["precision_floor"], out["recall_floor"] = metrics.precision_recall(ref_sub, real, k=pr_k)
     return out
 
 
@@ -134,16 +154,16 @@ def evaluate_images(images: torch.Tensor, reference: str = "mnist-test", data_di
                     inception_weights=None, seed: int = 0, kid_subsets: int = 100,
                     verbose: bool = False) -> dict:
     """Score images in [-1, 1] ``[N, C, H, W]`` against a reference split; a flat dict
-    (``n, fid, fid_floor, kid, kid_std, kid_floor, is, is_std, precision, recall``, with an
-    ``inception_`` prefix for Inception-v3 metrics when ``inception_weights`` is given) plus
-    ``features`` naming the feature network. Reference features are cached (fast after the first call)."""
+    (``n, fid, fid_floor, kid, kid_std, kid_floor, is, is_std, precision, recall``, repeated with
+    the prefix ``alt_`` in the second feature space where one is shipped and ``inception_`` for
+    Inception-v3 when ``inception_weights`` is given) plus ``features`` / ``alt_features`` naming
+    the networks. Reference features are cached (fast after the first call)."""
     dataset, _ = parse_reference(reference)
     channels, size = SHAPES[dataset]
     images = metrics.check_images(images, channels, size, what="samples")
-    extractors = [("", difflab_extractor(dataset))]
-    if inception_weights:
-        extractors.append(("inception_", inception_extractor(inception_weights)))
-    result = {"reference": reference, "features": extractors[0][1].name}
+    extractors = extractors_for(dataset, inception_weights)
+    result = {"reference": reference,
+              **{f"{prefix}features": ex.name for prefix, ex in extractors}}
     for prefix, ex in extractors:
         ref, _ = reference_features(reference, ex, data_dir, verbose)
         pool, _ = reference_features(floor_reference(reference), ex, data_dir, verbose)
@@ -231,7 +251,7 @@ def load_samples(path, dataset: str, n: int | None = None) -> torch.Tensor:
 def format_result(r: dict, samples_label: str) -> str:
     """A plain-text table of an evaluate_images result."""
     lines = [f"{r['n']} samples from {samples_label} vs {r['reference']}"]
-    prefixes = [("", r["features"])] + ([("inception_", "Inception-v3")] if "inception_fid" in r else [])
+    prefixes = [(p, r[p + "features"]) for p in ("", "alt_", "inception_") if p + "features" in r]
     floor = f"real-vs-real floor (N={r['floor_n']})"
     lines.append(f"{'metric':<38}{'value':>22}   {floor}")
     for p, name in prefixes:
@@ -241,8 +261,10 @@ def format_result(r: dict, samples_label: str) -> str:
         is_ = f"{r[p + 'is']:.3f} ± {r[p + 'is_std']:.3f}"
         lines.append(f"{'IS (' + name + ' classifier)':<38}{is_:>22}")
         if p + "precision" in r:
-            lines.append(f"{'precision (k=3, ' + name + ')':<38}{r[p + 'precision']:>22.4f}")
-            lines.append(f"{'recall (k=3, ' + name + ')':<38}{r[p + 'recall']:>22.4f}")
+            lines.append(f"{'precision (k=3, ' + name + ')':<38}{r[p + 'precision']:>22.4f}   "
+                         f"{r.get(p + 'precision_floor', float('nan')):.4f}")
+            lines.append(f"{'recall (k=3, ' + name + ')':<38}{r[p + 'recall']:>22.4f}   "
+                         f"{r.get(p + 'recall_floor', float('nan')):.4f}")
     if "warning" in r:
         lines.append(f"warning: {r['warning']}")
     return "\n".join(lines)

@@ -110,6 +110,31 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
     return path
 
 
+SPACE_ROWS = (("FID", "fid", "fid_floor"), ("KID", "kid", "kid_floor"),
+              ("precision (k=3)", "precision", "precision_floor"),
+              ("recall (k=3)", "recall", "recall_floor"))
+
+
+def metrics_by_space(spaces: dict) -> list[str]:
+    """Markdown table: one row per metric, per feature space the samples' value and the
+    real-vs-real value at the same N (FID/KID floor; precision/recall balance of real data)."""
+    names = list(spaces)
+    lines = ["| metric | " + " | ".join(f"{name} features | real vs real" for name in names) + " |",
+             "|---|" + "---|---|" * len(names)]
+    for label, key, real in SPACE_ROWS:
+        cells = []
+        for name in names:
+            values = spaces[name]
+            cells += [f"{values[key]:.4g}" if key in values else "-",
+                      f"{values[real]:.4g}" if real in values else "-"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if len(names) > 1:
+        lines += ["", f"Every sample metric in two independent feature networks ({', '.join(names)}): "
+                  "a change that helps in only one of them is an artefact of that network, not "
+                  "better samples."]
+    return lines
+
+
 def write_report(run_dir: str | Path, sample_info: dict, metrics: dict | None = None) -> Path:
     """report.md in the run directory: config, loss curve, samples, throughput, metrics."""
     run_dir = Path(run_dir)
@@ -146,14 +171,23 @@ def write_report(run_dir: str | Path, sample_info: dict, metrics: dict | None = 
               f"{sample_info['steps']} steps ({sample_info['nfe']} network evaluations per image"
               + (f"; class-conditional, classifier-free guidance {sample_info['guidance']:g}, "
                  "labels cycling 0..9" if sample_info.get("guidance") is not None else "")
-              + f"), EMA weights, {sample_info['seconds']:.1f} s.", "",
-              f"![samples]({sample_info['grid']})", ""]
+              + f"), EMA weights, {sample_info['seconds']:.1f} s.", ""]
+    if sample_info.get("sigmas"):
+        lines += [f"Sigma grid `{sample_info['sigma_grid']}`: "
+                  + ", ".join(f"{s:g}" for s in sample_info["sigmas"]) + ". difflab's default "
+                  "recipe (sampler, steps, guidance, grid) is chosen in BENCHMARKS.md, "
+                  "\"Few-step sampling\", on both feature spaces.", ""]
+    lines += [f"![samples]({sample_info['grid']})", ""]
     if sample_info.get("npz"):
         lines += [f"All samples in [0, 1]: `{sample_info['npz']}`.", ""]
     if metrics:
-        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += ["## Metrics", ""]
+        spaces = metrics.get("feature spaces", {})
+        if spaces:
+            lines += metrics_by_space(spaces) + [""]
+        lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                  for k, v in metrics.items()]
+                  for k, v in metrics.items() if k != "feature spaces"]
         lines.append("")
     lines += ["## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
     path = run_dir / "report.md"

@@ -8,7 +8,10 @@ Both take images in [-1, 1], ``[N, C, H, W]``, and expose
 - ``forward(x) -> [N, num_classes]``: logits, ``head(features(x))``.
 
 ``MNISTFeatureNet`` is a plain VGG-style CNN (about 0.14 M parameters, 128-d features), kept small
-so 10,000 images take a few seconds on a CPU. ``CIFARFeatureNet`` is a ResNet-9-style network
+so 10,000 images take a few seconds on a CPU. ``MNISTAltFeatureNet`` is the second, independent
+MNIST feature space (another architecture, another seed: strided convolutions, GroupNorm and SiLU,
+no pooling, features from a fully connected layer over the whole 4x4 map, so they keep where
+strokes are); metrics in both spaces guard recipe choices against artefacts of one network. ``CIFARFeatureNet`` is a ResNet-9-style network
 (Page 2018, "How to train your ResNet"; He et al. 2016 residual blocks) narrowed to about 0.8 M
 parameters (256-d features) so that its weights file stays under 5 MB.
 
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-FEATURE_NETS = ("mnist", "cifar10")
+FEATURE_NETS = ("mnist", "cifar10", "mnist-alt")
 
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -66,6 +69,31 @@ class MNISTFeatureNet(nn.Module):
         return self.head(self.features(x))
 
 
+class MNISTAltFeatureNet(nn.Module):
+    """Strided CNN for 1x28x28 digits: 28 -> 14 -> 7 -> 4, flatten, linear -> 128-d features."""
+
+    in_channels, image_size, num_classes, feature_dim = 1, 28, 10, 128
+
+    def __init__(self):
+        super().__init__()
+
+        def block(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride=2, padding=kernel // 2),
+                                 nn.GroupNorm(8, c_out), nn.SiLU())
+
+        self.body = nn.Sequential(
+            block(1, 32, 5), block(32, 64, 3), block(64, 64, 3),    # [N, 64, 4, 4]
+            nn.Flatten(), nn.Linear(64 * 16, self.feature_dim), nn.SiLU(),
+        )
+        self.head = nn.Linear(self.feature_dim, self.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)                                          # [N, 128]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 class CIFARFeatureNet(nn.Module):
     """ResNet-9-style network for 3x32x32 images: 32 -> 16 -> 8 -> 4 -> global pool -> 256-d."""
 
@@ -89,11 +117,13 @@ class CIFARFeatureNet(nn.Module):
 
 
 def make_feature_net(name: str) -> nn.Module:
-    """An untrained feature network for data set ``name`` (mnist or cifar10)."""
+    """An untrained feature network ``name`` (one of ``FEATURE_NETS``)."""
     if name == "mnist":
         return MNISTFeatureNet()
     elif name == "cifar10":
         return CIFARFeatureNet()
+    elif name == "mnist-alt":
+        return MNISTAltFeatureNet()
     raise ValueError(f"unknown feature network {name!r} (choose from {', '.join(FEATURE_NETS)})")
 
 

@@ -45,20 +45,29 @@ def _predict(model: nn.Module, inputs, task: str) -> torch.Tensor:
 
 
 class _Welford:
-    """Running mean and sum of squared deviations in float64 (Welford 1962)."""
+    """Running mean and sum of squared deviations in float64 (Welford 1962).
+
+    The mean is kept as the float64 running sum divided by the count, so the mean of values
+    ``v_1 .. v_S`` is exactly ``(v_1 + ... + v_S) / S`` summed in that order (an ensemble's
+    predictive is exactly the mean of its members' softmax); ``m2`` is Welford's update with
+    those means."""
 
     def __init__(self):
-        self.count, self.mean, self.m2 = 0, None, None
+        self.count, self.total, self.m2 = 0, None, None
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        return None if self.total is None else self.total / self.count
 
     def add(self, value: torch.Tensor) -> None:
         value = value.detach().to(torch.float64)
         self.count += 1
-        if self.mean is None:
-            self.mean, self.m2 = value.clone(), torch.zeros_like(value)
+        if self.total is None:
+            self.total, self.m2 = value.clone(), torch.zeros_like(value)
             return
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
+        old_mean = self.total / (self.count - 1)
+        self.total += value
+        self.m2 += (value - old_mean) * (value - self.total / self.count)
 
 
 class PosteriorCollector:
@@ -154,12 +163,13 @@ class PosteriorCollector:
 
     # -- posterior predictive --------------------------------------------------------------------
     @torch.no_grad()
-    def predictive_moments(self, model: nn.Module, inputs, *, task: str = "classification"
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def predictive_moments(self, model: nn.Module, inputs, *, task: str = "classification",
+                           dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and (population) variance over the snapshots of the predictions: softmax
         probabilities (``task="classification"``) or outputs (``"regression"``), in eval mode.
-        Accumulated in float64, returned in the model output's dtype. ``inputs``: a tensor, or
-        a tuple/list of positional arguments."""
+        Accumulated in float64 (the mean is the float64 sum over the snapshots, in order,
+        divided by their number), returned in ``dtype`` (default: the model output's dtype).
+        ``inputs``: a tensor, or a tuple/list of positional arguments."""
         _check_task(task)
         if not self.snapshots:
             raise RuntimeError("PosteriorCollector: no snapshots collected yet")
@@ -171,26 +181,27 @@ class PosteriorCollector:
         targets = {n: named[n] for n in self.names}
         saved = {n: t.detach().clone() for n, t in targets.items()}
         was_training = model.training
-        stats, dtype = _Welford(), None
+        stats, out_dtype = _Welford(), None
         model.eval()
         try:
             for snapshot in self.snapshots:
                 for n, t in targets.items():
                     t.copy_(snapshot[n])
                 out = _predict(model, inputs, task)
-                dtype = out.dtype
+                out_dtype = out.dtype
                 stats.add(out)
         finally:
             for n, t in targets.items():
                 t.copy_(saved[n])
             model.train(was_training)
+        dtype = out_dtype if dtype is None else dtype
         return stats.mean.to(dtype), (stats.m2 / stats.count).to(dtype)
 
-    def predictive(self, model: nn.Module, inputs, *, task: str = "classification"
-                   ) -> torch.Tensor:
+    def predictive(self, model: nn.Module, inputs, *, task: str = "classification",
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
         """Posterior predictive: mean softmax probabilities (classification) or mean output
         (regression) over the snapshots; see ``predictive_moments``."""
-        return self.predictive_moments(model, inputs, task=task)[0]
+        return self.predictive_moments(model, inputs, task=task, dtype=dtype)[0]
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -282,6 +293,7 @@ class PredictiveAverage:
         empty = torch.empty(0, dtype=torch.float64)
         stats = self._stats
         return dict(mean=empty if stats.mean is None else stats.mean.clone(),
+                    total=empty if stats.total is None else stats.total.clone(),
                     m2=empty if stats.m2 is None else stats.m2.clone(),
                     metadata=dict(count=stats.count, steps_seen=self.steps_seen,
                                   task=self.task, schedule=self.schedule.to_dict()))
@@ -293,6 +305,8 @@ class PredictiveAverage:
         self.schedule = SamplingSchedule.from_dict(meta["schedule"])
         self._stats = _Welford()
         self._stats.count = int(meta["count"])
-        if self._stats.count:
-            self._stats.mean = state_dict["mean"].clone()
+        if self._stats.count:     # state dicts without "total" (older) hold the mean only
+            total = state_dict.get("total")
+            self._stats.total = (total.clone() if total is not None and total.numel()
+                                 else state_dict["mean"].to(torch.float64) * self._stats.count)
             self._stats.m2 = state_dict["m2"].clone()

@@ -49,7 +49,7 @@ def check_sigmas(sigmas) -> list[float]:
 def start_noise(shape, like: torch.Tensor, sigma: float, generator=None) -> torch.Tensor:
     """sigma * z, z ~ N(0, I) of ``shape`` on ``like``'s device and dtype (the first draw of every
     solver, as in the plain samplers)."""
-    return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device) * sigma
+    return noise_like(torch.empty(shape, dtype=like.dtype, device=like.device), generator) * sigma
 
 
 def _ddim_step(x, x0, sigma, sigma_next, eta, generator):

@@ -105,7 +105,8 @@ def restore(model, images: torch.Tensor, task: str, *, method: str | None = None
     denoiser, shape, device = model.denoiser, model.shape, model.device
     y = images.to(device) * 2 - 1
     steps = steps or DEFAULT_STEPS
-    sigmas = model_sigmas(denoiser, steps, model.config.sample.grid)
+    grid = model.config.sample.grid  # a named grid of the recipe; optimized ones are per sampler
+    sigmas = model_sigmas(denoiser, steps, None if grid in ("auto", "optimized") else grid)
     cond = None
     if class_label is not None:
         if not 0 <= class_label < max(shape.num_classes, 1):

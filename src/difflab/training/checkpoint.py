@@ -1,13 +1,15 @@
 """Checkpoints: safetensors weights plus a JSON description, written atomically, loaded safely.
 
 A run directory holds ``checkpoint.json`` (config, step, metadata, and the name of its weights
-file) and ``checkpoint-<step>.safetensors`` (tensors: ``model.*``, ``ema.*``, ``optim.*``,
-``rng.*``). Each file is written to a temporary name and renamed into place, weights first, so a
+file) and ``checkpoint-<step>.safetensors`` (tensors: ``model.*``, ``ema.*``, ``optim.*``;
+checkpoints before format version 3 also hold ``rng.*`` generator states, which are no longer
+needed: training randomness is a function of (seed, step, sample index)). Each file is written to a temporary name and renamed into place, weights first, so a
 run killed at any moment leaves ``checkpoint.json`` pointing at a complete weights file. Nothing is
 ever unpickled.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,14 +18,18 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 FORMAT = "difflab-checkpoint"
 WEIGHTS_NAME = re.compile(r"checkpoint-\d+\.safetensors")
 MARKER = ".difflab-run"  # written when a run starts, before its first checkpoint
 RUN_OUTPUTS = ("config.json", "metrics.jsonl", "report.md", "samples.png", "samples.npz",
                "loss.png")
-VERSION = 2  # 2: config sections net/run/loop/sample and the data shape beside the config
+# 2: config sections net/run/loop/sample and the data shape beside the config; 3: training
+# randomness keyed by (seed, step, sample index), no rng.* tensors (a version 2 run resumes with
+# the new draws, so its continuation differs from what the old code would have drawn), and the
+# weights file's SHA-256 in weights_sha256 (checked on load when present)
+VERSION = 3
 INDEX = "checkpoint.json"
 
 
@@ -85,8 +91,9 @@ def save_checkpoint(run_dir: str | Path, step: int, config: dict, tensors: dict[
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _atomic_write(run_dir / weights_name,
                   lambda p: save_file(tensors, str(p), metadata={"format": FORMAT, "step": str(step)}))
+    digest = hashlib.sha256((run_dir / weights_name).read_bytes()).hexdigest()
     info = {"format": FORMAT, "version": VERSION, "step": step, "weights": weights_name,
-            "config": config, **(meta or {})}
+            "weights_sha256": digest, "config": config, **(meta or {})}
     _atomic_write(run_dir / INDEX, lambda p: p.write_text(json.dumps(info, indent=2)))
     for old in run_dir.glob("checkpoint-*.safetensors"):
         if old.name != weights_name:
@@ -121,16 +128,33 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         if not isinstance(info[key], kind) or isinstance(info[key], bool):
             raise CheckpointError(f"{index}: field {key!r} should be {kind.__name__}, got "
                                   f"{info[key]!r:.60}")
+    version = info.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{index}: field 'version' should be int, got {version!r:.60}")
+    if version > VERSION:
+        raise CheckpointError(f"{index}: format version {version} is newer than this difflab "
+                              f"reads (up to {VERSION}); upgrade difflab")
     if info["step"] < 0 or not WEIGHTS_NAME.fullmatch(info["weights"]):
         raise CheckpointError(f"{index}: bad step {info['step']!r} or weights name "
                               f"{info['weights']!r:.60} (expected checkpoint-<step>.safetensors)")
     weights = index.with_name(info["weights"])
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file named in {index.name} is missing")
+    digest = info.get("weights_sha256")  # written since format version 3
+    if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise CheckpointError(f"{index}: field 'weights_sha256' should be 64 hex digits, got "
+                              f"{digest!r:.80}")
     try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
+        raw = weights.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{weights}: cannot read ({e.strerror or e})") from None
+    try:
+        tensors = load(raw)
+    except (SafetensorError, ValueError) as e:
         raise CheckpointError(f"{weights}: not a valid safetensors file ({e})") from None
+    if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+        raise CheckpointError(f"{weights}: contents do not match the SHA-256 recorded in "
+                              f"{index.name} (corrupt or replaced)")
     return info, tensors
 
 

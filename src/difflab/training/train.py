@@ -1,14 +1,33 @@
 """The training loop: data -> noise levels -> weighted denoising loss -> AdamW -> EMA -> log,
 sample grids and atomic checkpoints. Read it top to bottom.
 
-Exact resume: every random number comes from one ``torch.Generator`` whose state is saved with the
-model, EMA, optimizer and step, so ``--resume`` after a kill continues the same loss curve bit for
-bit on CPU. Training wall time (``loop.minutes``) is saved too and keeps counting after a resume.
-Scoring during training is the caller's: pass ``evaluator(denoiser, shape) -> dict`` (see
-``difflab.runs``), logged every ``loop.eval_every`` steps.
+One process or several (``torchrun --nproc_per_node N -m difflab train ...``, see
+``difflab.training.distributed``): each step trains on one global batch of ``optim.batch_size``
+samples, and rank r of N computes the loss of its contiguous share (samples r*B/N .. (r+1)*B/N-1);
+DistributedDataParallel averages the gradients, so every rank takes the step one process would
+take. Every sample's randomness is a function of (run seed, step, global sample index):
+
+- its data index: position step * B + i of the stream of data permutations, one permutation per
+  epoch, seeded by (run seed, epoch) (an epoch shows every image once);
+- its noise level, label dropout and noise: drawn, in that order, from a generator of its own
+  seeded by (run seed, step, i) (``samplers.keyed_seed``);
+
+so the global batch and its noise are the same for any N, and ``--resume`` continues bit for bit
+without saved generator states. Only network dropout (off by default) draws from torch's global
+generator, reseeded each step by (seed, step, rank): exact on resume, but it depends on N. This
+replaced (format version 3) one generator drawing batches with replacement: the same seed gives
+other trajectories and loss curves than runs trained before it.
+
+Rank 0 alone writes (config.json, metrics.jsonl, sample grids, checkpoints) while the others wait;
+every rank reads the checkpoint on ``--resume``. The logged loss is the mean over ranks (the
+global batch's loss) and the step time is averaged over ranks, so all ranks count the same
+training wall time (saved, it keeps counting after a resume) and stop at the same step under
+``loop.minutes``. Scoring during training is the caller's: pass ``evaluator(denoiser, shape) ->
+dict`` (see ``difflab.runs``), called on rank 0 every ``loop.eval_every`` steps.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -23,10 +42,12 @@ from difflab.device import autocast, resolve_device, resolve_precision
 from difflab.diffusion.denoiser import build_denoiser
 from difflab.diffusion.generation import generate, machine_memory
 from difflab.diffusion.loss import denoising_loss
+from difflab.diffusion.samplers import keyed_seed
 from difflab.diffusion.schedules import make_alpha_bar, sample_training_sigma
 from difflab.evaluation.report import save_grid
 from difflab.nets import build_net
 from difflab.progress import Progress
+from difflab.training import distributed
 from difflab.training.checkpoint import (INDEX, CheckpointError, checkpoint_config,
                                          claim_run_dir, load_optimizer, load_weights,
                                          optimizer_tensors, read_checkpoint, save_checkpoint,
@@ -84,28 +105,67 @@ def check_training_memory(config: TrainConfig, shape: DataShape) -> None:
                           f"{memory / 2**30:.0f} GiB; lower optim.batch_size or the net's size")
 
 
+@functools.lru_cache(maxsize=2)  # the current epoch and the next (read only)
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The permutation of the ``n`` data indices that epoch ``epoch`` shows, seeded by (seed,
+    epoch)."""
+    generator = torch.Generator().manual_seed(keyed_seed("epoch", seed, epoch))
+    return torch.randperm(n, generator=generator)
+
+
+def batch_share(data, config: TrainConfig, alpha_bar, step: int, first: int, count: int):
+    """Samples ``first`` .. ``first + count - 1`` of the global batch of ``step`` (0-based): x0
+    [count, C, H, W], class labels with dropout (-1; None for an unconditional run), sigma
+    [count] and noise like x0, on the CPU. A sample is the same whichever rank draws it."""
+    seed, diff, batch, n = config.run.seed, config.diffusion, config.optim.batch_size, len(data)
+    positions = torch.arange(step * batch + first, step * batch + first + count)
+    index = torch.empty_like(positions)
+    for epoch in (positions // n).unique().tolist():  # a batch may straddle two epochs
+        here = positions // n == epoch
+        index[here] = epoch_order(seed, epoch, n)[positions[here] % n]
+    sigma, keep, noise = [], [], []
+    for i in range(first, first + count):
+        generator = torch.Generator().manual_seed(keyed_seed("train", seed, step, i))
+        sigma.append(sample_training_sigma(diff.density, 1, generator, alpha_bar, diff.p_mean,
+                                           diff.p_std, diff.sigma_min, diff.sigma_max))
+        keep.append(torch.rand(1, generator=generator) >= diff.label_dropout)
+        noise.append(torch.randn(data.shape, generator=generator))
+        # (a data augmentation, e.g. flips, would draw here, from the same generator)
+    cond = None
+    if config.data.class_conditional:  # drop labels for classifier-free guidance (Ho & Salimans 2022)
+        cond = torch.where(torch.cat(keep), data.labels[index], -1)
+    return data.images[index], cond, torch.cat(sigma), torch.stack(noise)
+
+
 def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool = False) -> Path:
     """Train the model ``config`` describes in the run directory ``loop.out``; ``resume``
-    continues its checkpoint, ``force`` allows a non-empty directory that is not a run."""
+    continues its checkpoint, ``force`` allows a non-empty directory that is not a run. Under
+    torchrun every rank calls this; see the module docstring."""
     loop, opt_cfg, diff, run = config.loop, config.optim, config.diffusion, config.run
     out = Path(loop.out)
     if loop.threads:
         torch.set_num_threads(loop.threads)
-    device = resolve_device(run.device)
+    device = distributed.init(resolve_device(run.device))
     precision, precision_reason = resolve_precision(run.precision, device)
     data, shape, config = prepare(config)
+    batch, world, rank, main = opt_cfg.batch_size, distributed.world_size(), distributed.rank(), \
+        distributed.is_main()
+    if batch % world:
+        raise ConfigError(f"optim.batch_size={batch}: must be divisible by the number of "
+                          f"processes ({world})")
+    share = batch // world  # this rank's samples of every global batch
 
     torch.manual_seed(run.seed)
     denoiser = build_denoiser(config, shape).to(device)
     ema = EMA(denoiser.net, opt_cfg.ema_half_life_images, opt_cfg.ema_rampup_ratio)
     optimizer = torch.optim.AdamW(denoiser.net.parameters(), lr=opt_cfg.lr, betas=opt_cfg.betas,
                                   weight_decay=opt_cfg.weight_decay)
-    generator = torch.Generator().manual_seed(run.seed)
     alpha_bar = make_alpha_bar(diff.schedule, diff.timesteps) if diff.density == "ddpm" else None
-    step, train_seconds, last_checkpoint = 0, 0.0, None
+    step, train_seconds, saved_step, last_checkpoint = 0, 0.0, None, None
 
-    claim_run_dir(out, resume, force)  # refuses, before writing anything, what is not ours
-    if resume:
+    # rank 0 refuses, before anything is written, a directory that is not ours; the others wait
+    distributed.on_main(claim_run_dir, out, resume, force)
+    if resume:  # every rank loads the checkpoint
         info, tensors = read_checkpoint(out)
         saved_config, saved_shape = checkpoint_config(info, out / INDEX)
         saved, now = trajectory(saved_config.to_dict()), trajectory(config.to_dict())
@@ -118,26 +178,25 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
         load_weights(ema.model, sub_state(tensors, "ema"), out / INDEX)
         try:
             load_optimizer(optimizer, tensors, info["param_groups"])
-            generator.set_state(tensors["rng.train"])
-            torch.set_rng_state(tensors["rng.torch"])
             step, train_seconds = info["step"], float(info["train_seconds"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{out / INDEX}: cannot restore the training state "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})") from None
-        last_checkpoint = out / INDEX
-        _truncate_log(out / "metrics.jsonl", step)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        saved_step, last_checkpoint = step, out / INDEX
+        distributed.on_main(_truncate_log, out / "metrics.jsonl", step)
+    distributed.on_main((out / "config.json").write_text, json.dumps(config.to_dict(), indent=2))
 
     def checkpoint() -> Path:
         tensors = {**{f"model.{k}": v for k, v in denoiser.net.state_dict().items()},
-                   **{f"ema.{k}": v for k, v in ema.state_dict().items()},
-                   "rng.train": generator.get_state(), "rng.torch": torch.get_rng_state()}
+                   **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
         optim_tensors, param_groups = optimizer_tensors(optimizer)
-        return save_checkpoint(out, step, config.to_dict(), {**tensors, **optim_tensors},
-                               {"shape": shape.to_dict(), "precision": precision,
-                                "precision_reason": precision_reason, "param_groups": param_groups,
-                                "train_seconds": train_seconds,
-                                "images_seen": step * opt_cfg.batch_size})
+        distributed.on_main(save_checkpoint, out, step, config.to_dict(),
+                            {**tensors, **optim_tensors},
+                            {"shape": shape.to_dict(), "precision": precision,
+                             "precision_reason": precision_reason, "param_groups": param_groups,
+                             "train_seconds": train_seconds, "images_seen": step * batch,
+                             "processes": world})
+        return out / INDEX
 
     def finished() -> bool:
         return (loop.steps is not None and step >= loop.steps) or \
@@ -149,60 +208,61 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
                         sampler=smp.sampler, steps=smp.steps, grid=smp.grid,
                         guidance=smp.guidance, seed=seed, precision=precision)
 
-    images, labels, batch = data.images, data.labels, opt_cfg.batch_size
-    log = open(out / "metrics.jsonl", "a")
-    progress = Progress(loop.steps, 60 * loop.minutes if loop.minutes else None, step)
+    def log(record: dict) -> None:
+        if main:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # the loss runs through DistributedDataParallel (several ranks) around the same network
+    model = denoiser.with_net(distributed.wrap(denoiser.net, device))
+    progress = Progress(loop.steps, 60 * loop.minutes if loop.minutes else None, step) if main else None
     denoiser.train()
     while not finished():
         started = time.perf_counter()
-        index = torch.randint(len(images), (batch,), generator=generator)
-        x0 = images[index]
-        cond = None
-        if shape.num_classes:  # drop labels for classifier-free guidance (Ho & Salimans 2022)
-            keep = torch.rand(batch, generator=generator) >= diff.label_dropout
-            cond = torch.where(keep, labels[index], -1).to(device)
-        sigma = sample_training_sigma(diff.density, batch, generator, alpha_bar, diff.p_mean,
-                                      diff.p_std, diff.sigma_min, diff.sigma_max)
-        noise = torch.randn(x0.shape, generator=generator)
+        torch.manual_seed(keyed_seed("torch", run.seed, step, rank))  # network dropout, if any
+        x0, cond, sigma, noise = batch_share(data, config, alpha_bar, step, rank * share, share)
         x0, sigma, noise = x0.to(device), sigma.to(device), noise.to(device)
+        cond = None if cond is None else cond.to(device)
         lr = opt_cfg.lr * min(1.0, (step + 1) / max(opt_cfg.warmup_steps, 1))
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         with autocast(device, precision):
-            loss = denoising_loss(denoiser, x0, sigma, noise, cond, diff.weighting, diff.min_snr_gamma)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {step + 1}; last good "
-                                f"checkpoint: {last_checkpoint or 'none written yet'}")
+            loss = denoising_loss(model, x0, sigma, noise, cond, diff.weighting, diff.min_snr_gamma)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # with several ranks, DDP averages the gradients here
         grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.net.parameters(),
                                                    opt_cfg.grad_clip or math.inf)
         optimizer.step()
         step += 1
         ema.update(denoiser.net, batch, step * batch)
-        seconds = time.perf_counter() - started
+        # the global batch's loss and the step's wall time, the same on every rank
+        loss_value, seconds = distributed.all_mean([loss.item(), time.perf_counter() - started])
         train_seconds += seconds
+        if not math.isfinite(loss_value):  # raised before this step's state can be saved
+            raise TrainingError(f"loss became {loss_value} at step {step}; last good "
+                                f"checkpoint: {last_checkpoint or 'none written yet'}")
 
         if step % loop.log_every == 0 or finished():
-            record = {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
+            record = {"step": step, "loss": loss_value, "grad_norm": grad_norm.item(), "lr": lr,
                       "images_per_sec": batch / seconds, "train_seconds": round(train_seconds, 3)}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            progress.update(step, train_seconds, loss=f"{record['loss']:.4f}",
-                            img_s=f"{batch / seconds:.0f}")
-        else:
+            log(record)
+            if main:
+                progress.update(step, train_seconds, loss=f"{loss_value:.4f}",
+                                img_s=f"{batch / seconds:.0f}")
+        elif main:
             progress.update(step, train_seconds)
         if step % loop.sample_every == 0:
-            save_grid(sample_grid(64, GRID_SEED), out / "samples" / f"step-{step:08d}.png")
-        if evaluator is not None and loop.eval_every and step % loop.eval_every == 0:
-            log.write(json.dumps({"step": step, **evaluator(denoiser.with_net(ema.model), shape)}) + "\n")
-            log.flush()
+            distributed.on_main(lambda: save_grid(sample_grid(64, GRID_SEED),
+                                                  out / "samples" / f"step-{step:08d}.png"))
+        if loop.eval_every and step % loop.eval_every == 0:  # (the evaluator may exist on rank 0 only)
+            distributed.on_main(lambda: evaluator and log(
+                {"step": step, **evaluator(denoiser.with_net(ema.model), shape)}))
         if step % loop.checkpoint_every == 0 or finished():
-            last_checkpoint = checkpoint()
-    progress.close()
-    log.close()
-    if last_checkpoint is None or read_checkpoint(out)[0]["step"] != step:
+            last_checkpoint, saved_step = checkpoint(), step
+    if main:
+        progress.close()
+    if saved_step != step:
         checkpoint()
     return out
 

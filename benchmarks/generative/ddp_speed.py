@@ -1,0 +1,163 @@
+"""DDP on this machine: training images/s of 1 process x 1 thread against 2 processes x 1 thread
+(torchrun, gloo on 127.0.0.1), the main recipe's U-Net on MNIST at the same global batch
+(``optim.batch_size``, 64: each process computes 32), and the share of a 2-process step spent
+in the gradient all-reduce.
+
+Each round launches both settings (order alternating between rounds, so machine load hits both
+alike) and runs ``difflab.training.train.train`` itself for ``--warmup + --steps`` steps; images/s
+is the global batch over the mean step time of the measured steps, from the run's own log (the
+step time difflab's wall-time budget counts). The speed-up is the median over rounds of the
+per-round ratio (95% bootstrap CI). The all-reduce share comes from the 2-process launch: after
+training, ``--pairs`` pairs of steps on the same batches, one with DDP's gradient all-reduce and
+one under ``no_sync()`` (no communication), alternating; share = 1 - median(no_sync step time /
+synced step time). Issue 11 asks for a speed-up of at least 1.6x.
+
+    python benchmarks/generative/ddp_speed.py --rounds 5 --steps 40 --warmup 5 --pairs 20
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def measure_steps(config, warmup: int) -> float:
+    """Images/s of the run's measured steps (after ``warmup``), from its metrics.jsonl."""
+    records = [json.loads(line) for line in
+               (Path(config.loop.out) / "metrics.jsonl").read_text().splitlines()]
+    measured = [r for r in records if "images_per_sec" in r and r["step"] > warmup]
+    batch = config.optim.batch_size
+    return len(measured) * batch / sum(batch / r["images_per_sec"] for r in measured)
+
+
+def allreduce_share(config, pairs: int) -> dict:
+    """Step times with and without DDP's gradient all-reduce on the same batches."""
+    from difflab.diffusion.denoiser import build_denoiser
+    from difflab.diffusion.loss import denoising_loss
+    from difflab.training import distributed
+    from difflab.training.train import batch_share, prepare
+
+    data, shape, config = prepare(config)
+    torch.manual_seed(0)
+    denoiser = build_denoiser(config, shape)
+    model = denoiser.with_net(distributed.wrap(denoiser.net, torch.device("cpu")))
+    optimizer = torch.optim.AdamW(denoiser.net.parameters(), lr=config.optim.lr)
+    share = config.optim.batch_size // distributed.world_size()
+    first = distributed.rank() * share
+
+    def step(i: int, sync: bool) -> float:
+        x0, cond, sigma, noise = batch_share(data, config, None, i, first, share)
+        distributed.barrier()  # both ranks start together; the barrier is not timed
+        started = time.perf_counter()
+        with contextlib.nullcontext() if sync else model.net.no_sync():
+            loss = denoising_loss(model, x0, sigma, noise, cond)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(denoiser.net.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        return distributed.all_mean([time.perf_counter() - started])[0]
+
+    for i in range(2):  # warm-up
+        step(i, True), step(i, False)
+    synced, unsynced = [], []
+    for i in range(pairs):  # the same batch both ways, the order alternating
+        order = (True, False) if i % 2 == 0 else (False, True)
+        times = {sync: step(100 + i, sync) for sync in order}
+        synced.append(times[True])
+        unsynced.append(times[False])
+    ratios = np.asarray(unsynced) / np.asarray(synced)
+    return {"step_seconds": float(np.median(synced)), "no_sync_seconds": float(np.median(unsynced)),
+            "allreduce_share": float(1 - np.median(ratios))}
+
+
+def worker(out: str, steps: int, warmup: int, pairs: int) -> None:
+    """One rank: train the main recipe for warmup + steps steps, print its measurements."""
+    from difflab.config import TrainConfig, update, validate
+    from difflab.training import distributed
+    from difflab.training.train import train
+
+    config = TrainConfig()  # the main (MNIST) recipe
+    update(config, {"loop": {"out": out, "steps": warmup + steps, "minutes": "none",
+                             "threads": 1, "log_every": 1, "sample_every": 10**9,
+                             "checkpoint_every": 10**9}})
+    config = validate(config)
+    train(config)
+    result = {"processes": distributed.world_size(), "images_per_sec": measure_steps(config, warmup)}
+    if distributed.world_size() > 1:
+        result.update(allreduce_share(config, pairs))
+    if distributed.is_main():
+        print("RESULT " + json.dumps(result), flush=True)
+
+
+def launch(processes: int, args) -> dict:
+    """Run the worker in ``processes`` processes of one thread each; its RESULT line."""
+    out = tempfile.mkdtemp(prefix=f"ddp-speed-{processes}p-")
+    script = [__file__, "--worker", out, "--steps", str(args.steps), "--warmup", str(args.warmup),
+              "--pairs", str(args.pairs)]
+    if processes == 1:  # plain one-process training, as without torchrun
+        command = [sys.executable, *script]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                   str(processes), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                   *script]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    try:
+        result = subprocess.run(command, capture_output=True, text=True,
+                                env={**env, "OMP_NUM_THREADS": "1"})
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode or not lines:
+        raise SystemExit(f"{processes}-process launch failed:\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40, help="measured steps per launch")
+    parser.add_argument("--warmup", type=int, default=5, help="steps discarded per launch")
+    parser.add_argument("--pairs", type=int, default=20, help="synced/no_sync step pairs")
+    parser.add_argument("--worker", metavar="OUT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.steps, args.warmup, args.pairs)
+    if min(args.rounds, args.steps, args.pairs) < 1 or args.warmup < 0:
+        parser.error("--rounds, --steps and --pairs must be at least 1, --warmup at least 0")
+    from difflab.bench.stats import bootstrap_ci
+
+    one, two = [], []
+    for r in range(args.rounds):
+        for processes in ((1, 2) if r % 2 == 0 else (2, 1)):
+            (one if processes == 1 else two).append(launch(processes, args))
+        print(f"round {r + 1}: 1x1 {one[-1]['images_per_sec']:.1f} img/s, 2x1 "
+              f"{two[-1]['images_per_sec']:.1f} img/s, all-reduce "
+              f"{100 * two[-1]['allreduce_share']:.1f}% of a step", flush=True)
+    speedups = np.array([b["images_per_sec"] / a["images_per_sec"] for a, b in zip(one, two)])
+    shares = np.array([b["allreduce_share"] for b in two])
+    low, high = bootstrap_ci(speedups, np.median) if len(speedups) > 1 else (speedups[0],) * 2
+    print(f"\n1 process x 1 thread:   {np.median([a['images_per_sec'] for a in one]):.1f} img/s")
+    print(f"2 processes x 1 thread: {np.median([b['images_per_sec'] for b in two]):.1f} img/s")
+    print(f"speed-up 2x1 / 1x1: {np.median(speedups):.2f}x (95% CI {low:.2f}-{high:.2f}, "
+          f"{len(speedups)} rounds; issue 11 asks >= 1.6x)")
+    print(f"gradient all-reduce: {100 * np.median(shares):.1f}% of a 2-process step "
+          f"(synced {np.median([b['step_seconds'] for b in two]):.3f} s, no_sync "
+          f"{np.median([b['no_sync_seconds'] for b in two]):.3f} s)")
+
+
+if __name__ == "__main__":
+    main()

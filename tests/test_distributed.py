@@ -1,0 +1,277 @@
+"""torchrun + DistributedDataParallel: 2 gloo processes on 127.0.0.1 train like one process, a
+stopped and resumed torchrun run is bit-identical to an uninterrupted one, and sharded sampling
+returns the samples of one process; per-sample noise makes generate() independent of batching.
+
+The two torchrun launches (``python -m torch.distributed.run``, one thread per process) run this
+file as a script (``worker`` below), sharing one module fixture: launch 1 trains an uninterrupted
+run and the first half of another; launch 2, a new process group, resumes the second and samples
+the first with the CLI."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from difflab.config import TrainConfig, parse_overrides, update, validate
+from difflab.training.checkpoint import read_checkpoint
+
+STEPS, HALF = 6, 3
+SAMPLE_ARGS = ["--n", "10", "--batch-size", "4", "--seed", "5", "--sampler", "ddpm", "--steps", "3"]
+
+
+def make_images(folder: Path) -> Path:
+    """48 synthetic 8x8 grayscale PNGs in 3 class folders (a bright row, column or diagonal)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(3):
+        (folder / f"class{label}").mkdir(parents=True)
+        for i in range(16):
+            pixels = rng.integers(0, 60, (8, 8))
+            if label == 0:
+                pixels[i % 8, :] = 255
+            elif label == 1:
+                pixels[:, i % 8] = 255
+            else:
+                pixels[np.arange(8), (np.arange(8) + i) % 8] = 255
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"class{label}" / f"{i}.png")
+    return folder
+
+
+def tiny_config(out, steps=STEPS, batch=16, folder="images"):
+    """Class-conditional synthetic images (8x8), a tiny U-Net, one thread; labels dropped at 0.3
+    so that label dropout is exercised."""
+    config = TrainConfig()
+    update(config, parse_overrides([
+        "data.dataset=folder", f"data.folder={folder}", "data.image_size=8", "data.channels=1",
+        "net.channels=16", "net.channel_mult=[1,2]", "net.groups=4",
+        f"optim.batch_size={batch}", "optim.warmup_steps=2", "diffusion.label_dropout=0.3",
+        "run.precision=fp32", "loop.log_every=1", "loop.checkpoint_every=2",
+        "loop.sample_every=1000", f"loop.out={out}", f"loop.steps={steps}", "loop.minutes=none",
+        "loop.threads=1"]))
+    return validate(config)
+
+
+def worker(phase: str, root: Path) -> None:
+    """One rank of a torchrun launch (this file run as a script)."""
+    from difflab import cli
+    from difflab.training import distributed
+    from difflab.training.train import train
+
+    rank, images = distributed.rank(), root / "images"
+    if phase == "train":
+        train(tiny_config(root / "whole", folder=images))
+        train(tiny_config(root / "part", steps=HALF, folder=images))
+        for name, config in (("odd", tiny_config(root / "odd", batch=15, folder=images)),
+                             ("taken", tiny_config(root / "whole", folder=images))):
+            try:
+                train(config)
+                message = "no error"
+            except ValueError as e:  # ConfigError and claim_run_dir's refusal
+                message = f"{type(e).__name__}: {e}"
+            (root / f"{name}-{rank}.txt").write_text(message)
+    else:
+        train(tiny_config(root / "part", folder=images), resume=True)
+        assert cli.main(["sample", str(root / "whole"), *SAMPLE_ARGS, "--out",
+                         str(root / "ddp.png"), "--npz", str(root / "ddp.npz")]) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(phase: str, root: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               __file__, phase, str(root)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    make_images(root / "images")
+    torchrun("train", root)
+    torchrun("resume", root)
+    return root
+
+
+def curve(run):
+    return [(r["step"], r["loss"], r["grad_norm"])
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_ddp_equals_one_process_on_the_same_global_batch(runs, tmp_path):
+    from difflab.training.train import train
+
+    torch.set_num_threads(1)
+    train(tiny_config(tmp_path / "single", folder=runs / "images"))
+    info, ddp = read_checkpoint(runs / "whole")
+    _, single = read_checkpoint(tmp_path / "single")
+    assert info["step"] == STEPS and info["processes"] == 2 and ddp.keys() == single.keys()
+    for key in ddp:  # the same global batch and noise; only the float sums differ
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
+    for (step, loss, norm), (step1, loss1, norm1) in zip(curve(runs / "whole"),
+                                                         curve(tmp_path / "single")):
+        assert step == step1 and loss == pytest.approx(loss1, rel=1e-5)
+        assert norm == pytest.approx(norm1, rel=1e-4)
+
+
+def test_stopped_and_resumed_torchrun_run_is_bit_identical(runs):
+    part, whole = runs / "part", runs / "whole"
+    assert curve(part) == curve(whole) and len(curve(part)) == STEPS
+    _, a = read_checkpoint(part)
+    _, b = read_checkpoint(whole)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    written = sorted(p.name for p in part.iterdir())  # by rank 0 alone: one set of files
+    assert written == [".difflab-run", "checkpoint-00000006.safetensors", "checkpoint.json",
+                       "config.json", "metrics.jsonl"]
+
+
+def test_batch_not_divisible_and_refused_directory_fail_on_every_rank(runs):
+    for rank in (0, 1):
+        assert (runs / f"odd-{rank}.txt").read_text() == (
+            "ConfigError: optim.batch_size=15: must be divisible by the number of processes (2)")
+    assert "already has a checkpoint" in (runs / "taken-0.txt").read_text()
+    assert (runs / "taken-1.txt").read_text().startswith("ValueError: rank 0 failed (ValueError: ")
+
+
+def test_sharded_sampling_equals_one_process(runs, tmp_path):
+    from difflab import cli
+
+    torch.set_num_threads(1)
+    assert cli.main(["sample", str(runs / "whole"), *SAMPLE_ARGS, "--out", str(tmp_path / "one.png"),
+                     "--npz", str(tmp_path / "one.npz")]) == 0
+    ddp = np.load(runs / "ddp.npz")["samples"]
+    assert ddp.shape == (10, 1, 8, 8)
+    np.testing.assert_array_equal(ddp, np.load(tmp_path / "one.npz")["samples"])
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    from difflab.data.shape import DataShape
+    from difflab.diffusion.denoiser import build_denoiser
+
+    torch.manual_seed(0)
+    return build_denoiser(tiny_config("unused"), DataShape(1, (8, 8), 3)).eval()
+
+
+@pytest.mark.parametrize("sampler", ["heun", "ddpm", "euler-maruyama"])
+def test_generate_does_not_depend_on_batch_size_or_start(denoiser, sampler):
+    from difflab.diffusion.generation import generate
+
+    torch.set_num_threads(1)
+    def draw(n, seed=7, **kwargs):
+        return generate(denoiser, (1, 8, 8), 3, n, sampler=sampler, steps=3, guidance=1.5,
+                        seed=seed, **kwargs)
+
+    whole = draw(10, batch_size=4)
+    # the same batches (ranges starting at multiples of the batch size): bit for bit
+    assert torch.equal(torch.cat([draw(8, batch_size=4), draw(2, batch_size=4, start=8)]), whole)
+    # other batches: the same noise and labels; only batch-size-dependent kernel rounding differs
+    for other in (draw(10, batch_size=3), draw(10, batch_size=10),
+                  torch.cat([draw(5, batch_size=2), draw(5, batch_size=5, start=5)])):
+        torch.testing.assert_close(other, whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(draw(9, batch_size=4, start=1), whole[1:], rtol=0, atol=1e-5)
+    assert (draw(10, seed=8, batch_size=4) - whole).abs().flatten(1).amax(1).min() > 1e-2
+
+
+def test_per_row_noise_is_independent_of_the_batch():
+    from difflab.diffusion.samplers import noise_like, sample_generators
+
+    x = torch.empty(6, 3, 4, 4)
+    together = noise_like(x, sample_generators(3, 0, 6))
+    apart = torch.cat([noise_like(x[:2], sample_generators(3, 0, 2)),
+                       noise_like(x[2:], sample_generators(3, 2, 4))])
+    assert torch.equal(together, apart)
+    assert not torch.equal(together, noise_like(x, sample_generators(4, 0, 6)))
+    with pytest.raises(ValueError, match="5 per-row generators for a batch of 6 rows"):
+        noise_like(x, sample_generators(3, 0, 5))
+
+
+def test_training_batch_is_a_function_of_seed_step_and_index(tmp_path):
+    """Shares of the global batch concatenate to the whole batch, a global batch may straddle
+    two epochs, and an epoch shows every image once."""
+    from difflab.training.train import batch_share, epoch_order, prepare
+
+    config = tiny_config("unused", batch=10, folder=make_images(tmp_path / "images"))
+    data = prepare(config)[0]
+    whole = batch_share(data, config, None, 3, 0, 10)
+    halves = [batch_share(data, config, None, 3, first, 5) for first in (0, 5)]
+    for a, b, c in zip(whole, *halves):
+        assert torch.equal(a, torch.cat([b, c]))
+    assert (whole[1] == -1).any() and (whole[1] >= 0).any()  # label dropout 0.3
+    assert not torch.equal(whole[3], batch_share(data, config, None, 2, 0, 10)[3])
+    orders = [epoch_order(config.run.seed, epoch, len(data)) for epoch in (0, 1)]
+    assert torch.equal(orders[0].sort().values, torch.arange(len(data)))
+    assert not torch.equal(orders[0], orders[1])
+    # 48 images, 10 a step: step 4 shows the last 8 of epoch 0 and the first 2 of epoch 1
+    x0 = batch_share(data, config, None, 4, 0, 10)[0]
+    assert torch.equal(x0, data.images[torch.cat([orders[0][-8:], orders[1][:2]])])
+
+
+def test_shards_cover_the_items_in_order_in_whole_blocks(monkeypatch):
+    from difflab.training import distributed
+
+    monkeypatch.setenv("RANK", "0")  # as torchrun sets it, before the process group exists
+    for world, n, block in ((2, 10, 4), (3, 10, 1), (3, 50000, 250), (4, 3, 250), (2, 1, 1)):
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        shares = [distributed.shard(n, block, r) for r in range(world)]
+        assert sum(count for _, count in shares) == n and shares[0][0] == 0
+        for (start, count), (nxt, _) in zip(shares, shares[1:]):
+            assert start + count == nxt and (nxt % block == 0 or nxt == n)
+    monkeypatch.setenv("WORLD_SIZE", "3")  # 200 batches of 250: 67, 67 and 66 batches
+    assert [distributed.shard(50000, 250, r) for r in range(3)] == [(0, 16750), (16750, 16750),
+                                                                    (33500, 16500)]
+    monkeypatch.delenv("RANK")
+    assert distributed.world_size() == 1 and distributed.shard(7) == (0, 7)
+    assert distributed.all_mean([1.5, 2.0]) == [1.5, 2.0]
+
+
+def test_checkpoint_format_3_checks_its_weights_and_resumes_format_2(tmp_path):
+    """Format 3 records the weights' SHA-256 (a flipped byte is caught) and drops rng.*
+    tensors; a newer format is refused; a format-2 run (rng.* tensors, no checksum) resumes."""
+    from difflab.training.checkpoint import CheckpointError, INDEX, save_checkpoint
+    from difflab.training.train import train
+
+    torch.set_num_threads(1)
+    images = make_images(tmp_path / "images")
+    run = train(tiny_config(tmp_path / "run", steps=2, folder=images))
+    info, tensors = read_checkpoint(run)
+    assert info["version"] == 3 and len(info["weights_sha256"]) == 64
+    assert not any(k.startswith("rng.") for k in tensors)
+    weights = run / info["weights"]
+    good = weights.read_bytes()
+    raw = bytearray(good)
+    raw[-3] ^= 0x01  # the last bytes are tensor data: still a valid safetensors file
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="do not match the SHA-256 recorded in checkpoint.json"):
+        read_checkpoint(run)
+    weights.write_bytes(good)
+    (run / INDEX).write_text(json.dumps({**info, "version": 4}))
+    with pytest.raises(CheckpointError, match="format version 4 is newer than this difflab"):
+        read_checkpoint(run)
+
+    # a format-2 checkpoint of the same state: rng.* generator states, no checksum
+    meta = {k: v for k, v in info.items()
+            if k not in ("format", "version", "step", "weights", "weights_sha256", "config")}
+    save_checkpoint(run, 2, info["config"], {**tensors, "rng.train": torch.Generator().get_state(),
+                                             "rng.torch": torch.get_rng_state()}, meta)
+    index = json.loads((run / INDEX).read_text())
+    del index["weights_sha256"]
+    (run / INDEX).write_text(json.dumps({**index, "version": 2}))
+    train(tiny_config(run, steps=4, folder=images), resume=True)
+    assert read_checkpoint(run)[0]["step"] == 4
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], Path(sys.argv[2]))
