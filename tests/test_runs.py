@@ -24,7 +24,7 @@ from difflab.training.checkpoint import read_checkpoint, save_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "difflab"
 TINY = ["--set", "net.channels=16", "--set", "net.channel_mult=[1,2]", "--set", "net.groups=4",
-        "--set", "optim.batch_size=16", "--set", "sample.steps=3", "--set", "sample.guidance=1.5",
+        "--set", "optim.batch_size=16", "--set", "sample.steps=3", "--set", "sample.guidance=2.5",
         "--set", "sample.sampler=heun", "--precision", "fp32", "--threads", "1"]
 
 
@@ -43,7 +43,7 @@ def test_load_sample_uses_the_runs_recipe(run_dir):
     images = model.sample(6, seed=3)
     assert images.shape == (6, 1, 8, 8) and images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1
-    explicit = model.sample(6, steps=3, sampler="heun", guidance=1.5, seed=3)
+    explicit = model.sample(6, steps=3, sampler="heun", guidance=2.5, seed=3)
     assert torch.equal(images, explicit)
     assert not torch.equal(images, model.sample(6, steps=3, sampler="heun", guidance=1.0, seed=3))
     assert not torch.equal(images, model.sample(6, seed=4))
@@ -53,7 +53,7 @@ def test_sample_cli_without_options_reproduces_the_recipe(run_dir, tmp_path, cap
     npz = tmp_path / "s.npz"
     assert cli.main(["sample", str(run_dir), "--n", "6", "--seed", "3", "--out",
                      str(tmp_path / "g.png"), "--npz", str(npz)]) == 0
-    assert "(heun, 3 steps, guidance 1.5, fp32)" in capsys.readouterr().out
+    assert "(heun, 3 steps, guidance 2.5, fp32)" in capsys.readouterr().out
     cli_images = torch.from_numpy(np.load(npz)["samples"])
     torch.testing.assert_close(cli_images, difflab.load(run_dir).sample(6, seed=3), rtol=0, atol=1e-6)
 
@@ -68,7 +68,7 @@ def test_version_1_checkpoint_still_loads_and_samples(run_dir, tmp_path):
            "unet": {"in_channels": 1, "image_size": 8, "num_classes": 10, "extra": {}, **net},
            "run": {"out": "elsewhere", "steps": 3, "minutes": None, "seed": 0, "bf16": False,
                    "threads": 1, "log_every": 25, "sample_every": 500, "checkpoint_every": 250,
-                   "sample_steps": 3, "sample_sampler": "heun", "sample_guidance": 1.5,
+                   "sample_steps": 3, "sample_sampler": "heun", "sample_guidance": 2.5,
                    "final_samples": 0, "eval_every": 0, "eval_n": 1000}}
     old_dir = tmp_path / "old"
     save_checkpoint(old_dir, 3, old, tensors)

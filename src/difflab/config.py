@@ -93,9 +93,10 @@ class LoopConfig:
 class SampleConfig:
     """The run's sampling recipe: grids during training, the final samples, and the defaults of
     ``difflab sample`` and ``difflab.load(...).sample``; a resume may change these."""
+    # defaults chosen in BENCHMARKS.md, "Few-step sampling", on two feature spaces
     sampler: str = "dpmpp-2m"
-    steps: int = 20                  # x2 network evaluations per step with guidance
-    guidance: float = 2.0            # classifier-free guidance scale (class-conditional models)
+    steps: int = 10                  # x2 network evaluations per step with guidance
+    guidance: float = 1.5            # classifier-free guidance scale (class-conditional models)
     grid: str | None = "auto"        # sigma grid: auto (the run's optimized grid for this sampler
     #                                  and steps, else generation.model_sigmas' rule), optimized,
     #                                  a GRIDS name, or None (the model's: Karras or the DDPM grid)
