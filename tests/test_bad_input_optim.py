@@ -836,9 +836,9 @@ def _closed_loopback_port() -> int:
 
 def test_ray_unreachable_address_fails_fast(tmp_path):
     if os.environ.get("CI", "").lower() == "true":
-        import ray  # noqa: F401  (CI installs the ray extra: a missing ray must fail, not skip)
+        import ray  # CI installs the ray extra: a missing ray must fail, not skip
     else:
-        pytest.importorskip("ray")
+        ray = pytest.importorskip("ray")
     address = f"127.0.0.1:{_closed_loopback_port()}"
     spec = RunSpec("digits-mlp", "sgd", hp(lr=0.1), 0, 1, "tune", n_train=200)
     started = time.time()
@@ -851,7 +851,6 @@ def test_ray_unreachable_address_fails_fast(tmp_path):
         run_benchmark("digits-mlp", "quick", tmp_path / "out", executor="ray",
                       ray_address=address, log=lambda *_: None)
     assert not (tmp_path / "out").exists()
-    import ray
     assert not ray.is_initialized()
 
 
