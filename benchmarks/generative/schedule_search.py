@@ -1,6 +1,6 @@
 """Optimized sigma grids (difflab.diffusion.schedule_search) against fixed grids and against
-diffusers' best scheduler configuration, on exact-score 64-D Gaussian mixtures never used by the
-tests (random_mixture(64, 6, seed) for seeds 1001-1005).
+diffusers' best scheduler configuration, on exact-score Gaussian mixtures never used by the
+tests (random_mixture(dim, 6, seed) for seeds 1001-1005; ``--dim`` 64 by default, or 2).
 
 The model is the one of sampler_quality.py, so diffusers can drive it: DDPM's linear beta
 schedule (T = 1000), difflab on its sigma range [0.0100, 156.7], diffusers through its
@@ -70,18 +70,18 @@ def fixed_grids(steps: int) -> dict[str, torch.Tensor]:
     return grids
 
 
-def run(samplers, nfes, n_search: int, n_eval: int) -> dict:
+def run(samplers, nfes, n_search: int, n_eval: int, dim: int = 64) -> dict:
     rows = {}  # (sampler, grid, nfe) -> list over mixtures of (sw, ode)
     floors = []
     for seed in SEEDS:
-        mix = mixtures.random_mixture(64, 6, seed=seed)
+        mix = mixtures.random_mixture(dim, 6, seed=seed)
         mix.sigma_min, mix.sigma_max = SIGMA_MIN, SIGMA_MAX
         g = torch.Generator().manual_seed(seed)
-        directions = torch.randn(64, 128, generator=g, dtype=torch.float64)
+        directions = torch.randn(dim, 128, generator=g, dtype=torch.float64)
         directions /= directions.norm(dim=0, keepdim=True)
         exact = projections(mix.sample(n_eval, generator=g)[0], directions)
         floors.append(sliced_w2(mix.sample(n_eval, generator=g)[0], exact, directions))
-        z_search, z_eval = (torch.randn(n, 64, generator=torch.Generator().manual_seed(s),
+        z_search, z_eval = (torch.randn(n, dim, generator=torch.Generator().manual_seed(s),
                                         dtype=torch.float64) for n, s in ((n_search, 7), (n_eval, 8)))
         teacher = get_sampler("dpmpp-3m")(mix, z_eval * SIGMA_MAX,
                                           schedules.log_snr_sigmas(400, SIGMA_MIN, SIGMA_MAX))
@@ -148,10 +148,11 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
     parser.add_argument("--search-trajectories", type=int, default=32)
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--dim", type=int, default=64, help="mixture dimension (default 64)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
-    result = run(args.samplers, args.nfe, args.search_trajectories, args.samples)
+    result = run(args.samplers, args.nfe, args.search_trajectories, args.samples, args.dim)
     print(table(result, args.samplers, args.nfe, 0, "sliced W2 to exact samples"))
     print()
     print(table(result, args.samplers, args.nfe, 1, "per-sample RMS error vs the 400-step ODE solution"))
