@@ -1,0 +1,483 @@
+"""Restoration quality at <= 100 NFE on MNIST, in one run: difflab's solvers against classical
+restorers, deepinv's DDRM / DiffPIR / DPS and diffusers' RePaint, all on the same images, the
+same masks and the same measurement noise, the diffusion methods all driven by the same trained
+network (issue 14, "Quality at <= 100 NFE" and "Speed").
+
+    python benchmarks/generative/restoration_quality.py RUN [--n 1000] [--nfe 10] [--out r.json]
+
+RUN is a trained MNIST run (the main recipe's, e.g. /work/baseline/mainjob), loaded with
+``difflab.load`` (EMA weights, the run's precision, applied to every method's network call).
+Task subsets can run as parallel processes (``--tasks``, one ``--out`` each; masks and noise
+depend only on the seed and the task) and be joined with ``--merge a.json b.json ...``.
+
+Setup: ``pip install -e ".[bench]"`` (diffusers, scikit-image, OpenCV, bm3d), then deepinv
+without its torchvision dependency, and torchvision beside the venv (``restoration_peers.
+import_deepinv`` says why: PyPI's torchvision is a CUDA build that breaks ``import diffusers``
+in a venv with the CPU torch):
+    pip install "torch==2.13.0" einops natsort h5py torchmetrics && pip install --no-deps deepinv
+    pip install --no-deps --target .venv/bench-torchvision torchvision==0.28.0
+
+Images: the first ``--n`` MNIST test images, x in [0, 1]. Tasks (noise std in [0, 1] pixel units,
+the CLI's convention; difflab's operators get 2x that in the model's [-1, 1] units):
+  inpaint-box   the central 14 x 28 box unknown (rows 7-20, all columns: half the pixels),
+                noiseless
+  inpaint-80    80% of the pixels unknown, an independent random mask per image, noiseless
+  sr-x2         2 x 2 average pooling, 14 x 14 -> 28 x 28, noiseless
+  denoise-0.2   identity, sigma = 0.2
+  denoise-0.5   identity, sigma = 0.5
+  deblur        the CLI's default: circular Gaussian blur of std 1 pixel, sigma = 1 / (255 sqrt 12)
+                (8-bit rounding noise, ``difflab.restoration.tasks.QUANTIZATION_SIGMA``)
+Colorization needs a colour model (CIFAR-10) and is not run on MNIST.
+
+Methods (NFE = network evaluations per image, counted by a wrapper, not assumed):
+  difflab DDNM (DDNM+ when noisy), DDRM (eta 0.85), PiGDM (one VJP per step), RePaint (U = 1,
+      inpainting tasks): the Karras grid of the run (80 -> 0.002), ``--nfe`` steps, defaults
+  deepinv DDRM, DiffPIR, DPS: ``restoration_peers.run_deepinv`` (deepinv's defaults, its own
+      physics operators)
+  diffusers RePaint: ``RePaintPipeline`` at equal NFE (steps = NFE, no resampling, its default
+      eta = 0), and at its defaults (250 steps, j = 10, r = 10: 2,410 NFE) on the first
+      ``--repaint-default-n`` images only (it costs 2,410 network calls per image)
+  classical: bicubic (SR); OpenCV Telea and Navier-Stokes, scikit-image biharmonic (inpainting);
+      non-local means, TV, BM3D with the true sigma (denoising); Wiener and Richardson-Lucy
+      (deblurring). Their free parameters (NLM h, TV weight, Wiener balance, RL iterations,
+      inpainting radius) are chosen by PSNR on 50 MNIST *training* images.
+  A^+ y: the pseudo-inverse (reference; for denoising, the noisy input itself).
+
+Metrics: PSNR and SSIM (scikit-image ``structural_similarity``, data_range 1) per image, averaged;
+FID with difflab's MNIST features of the N restorations against the MNIST test split
+(``difflab.evaluation.evaluate_images``, the project's FID); s/image = wall time / N.
+
+Speed: difflab DDNM and DDRM against deepinv DDRM and DiffPIR at equal NFE, on the same batch,
+interleaved in one process (``--speed-reps`` rounds, order rotated each round), medians and ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import restoration_peers as peers  # noqa: E402
+
+from difflab.device import autocast  # noqa: E402
+from difflab.diffusion.generation import model_sigmas  # noqa: E402
+from difflab.restoration import Blur, Downsample, Identity, Inpainting, get_solver  # noqa: E402
+from difflab.restoration.tasks import QUANTIZATION_SIGMA  # noqa: E402
+
+TASKS = ("inpaint-box", "inpaint-80", "sr-x2", "denoise-0.2", "denoise-0.5", "deblur")
+DIFFUSION = ("difflab DDNM", "difflab DDRM", "difflab PiGDM", "difflab RePaint",
+             "deepinv DDRM", "deepinv DiffPIR", "deepinv DPS", "diffusers RePaint")
+CLASSICAL = {"inpaint": ("OpenCV Telea", "OpenCV NS", "biharmonic"), "sr": ("bicubic",),
+             "denoise": ("NLM", "TV", "BM3D"), "deblur": ("Wiener", "Richardson-Lucy")}
+
+
+class SharedNet:
+    """The run's EMA denoiser D(x, sigma) in [-1, 1] units under the run's precision (autocast),
+    float32 out; counts calls (NFE) and calls whose input needs a gradient (VJPs)."""
+
+    def __init__(self, model):
+        self.denoiser, self.device, self.precision = model.denoiser, model.device, model.precision
+        self.sigma_min, self.sigma_max = self.denoiser.sigma_min, self.denoiser.sigma_max
+        self.alpha_bar = getattr(self.denoiser, "alpha_bar", None)
+        self.calls = self.vjps = 0
+
+    def reset(self):
+        self.calls = self.vjps = 0
+
+    def __call__(self, x, sigma, cond=None):
+        self.calls += 1
+        self.vjps += bool(x.requires_grad)
+        with autocast(self.device, self.precision):
+            return self.denoiser(x.float(), sigma, cond).float().to(x.dtype)
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str            # inpaint | sr | denoise | deblur
+    operator: object     # difflab operator in [-1, 1] units
+    x01: torch.Tensor    # ground truth [N, 1, H, W] in [0, 1]
+    y_pm: torch.Tensor   # measurement in [-1, 1] units (what difflab's solvers take)
+    y01: torch.Tensor    # the same measurement in [0, 1] units: (y_pm + A 1) / 2
+    sigma01: float       # noise std in [0, 1] units
+    known: torch.Tensor | None = None  # inpainting: bool [N, 1, H, W], True = known
+    factor: int = 1
+
+
+def make_task(name: str, x01: torch.Tensor, seed: int) -> Task:
+    """The task's operator and measurement; masks and noise from one seeded generator."""
+    g = torch.Generator().manual_seed(seed * 100 + TASKS.index(name))
+    n, c, h, w = x01.shape
+    known, factor, sigma01 = None, 1, 0.0
+    if name == "inpaint-box":
+        known = torch.ones(n, 1, h, w, dtype=torch.bool)
+        known[..., h // 4:3 * h // 4, :] = False
+        op, kind = Inpainting(known), "inpaint"
+    elif name == "inpaint-80":
+        known = torch.rand(n, 1, h, w, generator=g) >= 0.8
+        op, kind = Inpainting(known), "inpaint"
+    elif name == "sr-x2":
+        op, kind, factor = Downsample(2), "sr", 2
+    elif name.startswith("denoise-"):
+        sigma01 = float(name.split("-")[1])
+        op, kind = Identity(sigma_y=2 * sigma01), "denoise"
+    elif name == "deblur":
+        sigma01 = QUANTIZATION_SIGMA
+        op, kind = Blur(std=1.0, sigma_y=2 * sigma01), "deblur"
+    else:
+        raise ValueError(f"unknown task {name!r} (choose from {', '.join(TASKS)})")
+    x_pm = x01 * 2 - 1
+    y_pm = op.measure(x_pm, g)
+    y01 = (y_pm + op.A(torch.ones_like(x_pm))) / 2
+    return Task(name, kind, op, x01, y_pm, y01, sigma01, known, factor)
+
+
+def subset(task: Task, sl: slice) -> Task:
+    """The task restricted to images ``sl`` (per-image masks sliced; a box mask too)."""
+    known = None if task.known is None else task.known[sl]
+    op = Inpainting(known, task.operator.sigma_y) if known is not None else task.operator
+    return Task(task.name, task.kind, op, task.x01[sl], task.y_pm[sl], task.y01[sl],
+                task.sigma01, known, task.factor)
+
+
+# ----- methods ---------------------------------------------------------------------------------
+def applies(method: str, kind: str) -> bool:
+    if "RePaint" in method:
+        return kind == "inpaint"
+    return method in DIFFUSION or method in CLASSICAL.get(kind, ()) or method == "A^+ y"
+
+
+def run_diffusion(method, task: Task, net: SharedNet, nfe: int, seed: int):
+    """One batch: images in [0, 1]."""
+    sigmas = model_sigmas(net, nfe) if nfe else None  # RePaint at its defaults has its own grid
+    if method.startswith("difflab"):
+        solver = get_solver(method.split()[1].lower())
+        g = torch.Generator().manual_seed(seed)
+        x = solver(net, task.y_pm, task.operator, sigmas, generator=g)
+        return ((x.clamp(-1, 1) + 1) / 2).detach()
+    if method.startswith("deepinv"):
+        per_image = task.known is not None and task.known.shape[0] > 1 and \
+            not (task.known == task.known[:1]).all()
+        out = peers.run_deepinv(method.split()[1].lower(), task, net, task.y01, nfe,
+                                sigmas.tolist(), seed, per_image)
+        return out.detach().float().clamp(0, 1)
+    if method == "diffusers RePaint":
+        return peers.run_repaint_diffusers(net, task.y_pm, task.known, seed, steps=nfe,
+                                           jump_n_sample=1)
+    if method == "diffusers RePaint (defaults)":
+        return peers.run_repaint_diffusers(net, task.y_pm, task.known, seed)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def tune_classical(method, task_name, train01, seed) -> dict:
+    """The free parameter of a classical method with the best mean PSNR on training images."""
+    if method not in peers.TUNING:
+        return {}
+    key, grid = peers.TUNING[method]
+    task = make_task(task_name, train01, seed + 1)
+    scores = {v: psnr(peers.run_classical(method, task, {key: v}), task.x01).mean() for v in grid}
+    return {key: max(scores, key=scores.get)}
+
+
+# ----- metrics ---------------------------------------------------------------------------------
+def psnr(out01, x01) -> np.ndarray:
+    mse = (out01.double() - x01.double()).square().flatten(1).mean(1).clamp(min=1e-12)
+    return (10 * torch.log10(1 / mse)).numpy()
+
+
+def ssim(out01, x01) -> np.ndarray:
+    from skimage.metrics import structural_similarity
+
+    return np.array([structural_similarity(a[0].numpy(), b[0].numpy(), data_range=1.0)
+                     for a, b in zip(out01.double(), x01.double())])
+
+
+def fid(out01, data_dir) -> float:
+    from difflab.evaluation.evaluate import evaluate_images
+
+    return float(evaluate_images(out01 * 2 - 1, "mnist-test", data_dir, kid_subsets=10)["fid"])
+
+
+def score(out01, task: Task, data_dir, with_fid=True) -> dict:
+    p, s = psnr(out01, task.x01), ssim(out01, task.x01)
+    row = {"psnr": float(p.mean()), "ssim": float(s.mean()), "psnr_per_image": p.tolist(),
+           "ssim_per_image": s.tolist()}
+    if with_fid:
+        row["fid"] = fid(out01, data_dir)
+    return row
+
+
+# ----- driver ----------------------------------------------------------------------------------
+def run_method(method, task: Task, net, nfe, batch, seed, params):
+    """(images [N, 1, H, W] in [0, 1], NFE per image, VJPs per image, seconds)."""
+    if method not in DIFFUSION and not method.startswith("diffusers"):
+        out, seconds = peers.timed(peers.run_classical, method, task, params)
+        return out, 0, 0, seconds
+    outs, seconds, calls = [], 0.0, set()
+    for b, start in enumerate(range(0, len(task.x01), batch)):
+        part = subset(task, slice(start, start + batch))
+        net.reset()
+        out, dt = peers.timed(run_diffusion, method, part, net, nfe, seed * 1000 + b)
+        outs.append(out)
+        seconds += dt
+        calls.add((net.calls, net.vjps))
+    if len(calls) != 1:
+        raise RuntimeError(f"{method}: network calls differ between batches: {calls}")
+    (nfe_count, vjps), = calls
+    return torch.cat(outs), nfe_count, vjps, seconds
+
+
+def run_task(name, x01, train01, net, args, methods):
+    task = make_task(name, x01, args.seed)
+    rows = {}
+    for method in ["A^+ y", *CLASSICAL[task.kind], *methods]:
+        if not applies(method, task.kind):
+            continue
+        params = tune_classical(method, name, train01, args.seed)
+        for nfe in (args.nfe if method in DIFFUSION else [0]):
+            out, calls, vjps, seconds = run_method(method, task, net, nfe, args.batch,
+                                                   args.seed, params)
+            row = {"method": method, "nfe": calls, "vjp": vjps, "params": params,
+                   "seconds_per_image": seconds / len(x01), **score(out, task, args.data_dir)}
+            rows[f"{method} @ {nfe}" if nfe else method] = row
+            print(f"  {method:<30} NFE {calls:>4}  PSNR {row['psnr']:6.2f}  SSIM {row['ssim']:.3f}"
+                  f"  FID {row['fid']:7.2f}  {row['seconds_per_image']:.4f} s/image", flush=True)
+    if task.kind == "inpaint" and args.repaint_default_n > 0:
+        k = min(args.repaint_default_n, len(x01))
+        sub = subset(task, slice(0, k))
+        out, calls, _, seconds = run_method("diffusers RePaint (defaults)", sub, net, 0, args.batch,
+                                            args.seed, {})
+        row = {"method": "diffusers RePaint (defaults)", "nfe": calls, "vjp": 0, "n": k,
+               "seconds_per_image": seconds / k, **score(out, sub, args.data_dir, with_fid=False)}
+        rows["diffusers RePaint (defaults)"] = row
+        print(f"  {row['method']:<30} NFE {calls:>4}  PSNR {row['psnr']:6.2f}  SSIM {row['ssim']:.3f}"
+              f"  (first {k} images)  {row['seconds_per_image']:.3f} s/image", flush=True)
+    return rows
+
+
+def table(name, rows) -> str:
+    lines = [f"#### {name}", "", "| method | NFE (VJP) | PSNR | SSIM | FID | s/image |",
+             "|---|---|---|---|---|---|"]
+    for key, r in rows.items():
+        if "fid" not in r:
+            continue
+        nfe = "-" if not r["nfe"] else f"{r['nfe']}" + (f" ({r['vjp']})" if r["vjp"] else "")
+        lines.append(f"| {key.split(' @ ')[0]} | {nfe} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+                     f"{r['fid']:.2f} | {r['seconds_per_image']:.4f} |")
+    if "diffusers RePaint (defaults)" in rows:
+        d = rows["diffusers RePaint (defaults)"]
+        k = d["n"]
+        lines += ["", f"On the first {k} images (diffusers RePaint at its defaults is run on these "
+                  "only; PSNR / SSIM over the same images):", "",
+                  "| method | NFE | PSNR | SSIM | s/image |", "|---|---|---|---|---|"]
+        for key, r in rows.items():
+            if r["nfe"] and "per_image" not in key:
+                p = np.mean(r["psnr_per_image"][:k])
+                s = np.mean(r["ssim_per_image"][:k])
+                lines.append(f"| {key.split(' @ ')[0]} | {r['nfe']} | {p:.2f} | {s:.3f} | "
+                             f"{r['seconds_per_image']:.4f} |")
+    return "\n".join(lines)
+
+
+def speed(x01, net, args) -> dict:
+    """Interleaved timing of difflab DDNM / DDRM against deepinv DDRM / DiffPIR on one batch:
+    each round runs the four once (order rotated); ratios are medians of within-round ratios."""
+    methods = ("difflab DDNM", "difflab DDRM", "deepinv DDRM", "deepinv DiffPIR")
+    result = {}
+    for name in args.speed_tasks:
+        task = subset(make_task(name, x01, args.seed), slice(0, args.speed_n))
+        times = {m: [] for m in methods}
+        for rep in range(args.speed_reps):
+            order = methods[rep % len(methods):] + methods[:rep % len(methods)]
+            for m in order:
+                net.reset()
+                _, dt = peers.timed(run_diffusion, m, task, net, args.speed_nfe, args.seed)
+                times[m].append(dt / len(task.x01))
+        med = {m: statistics.median(v) for m, v in times.items()}
+
+        def ratio(a, b):  # median over rounds of the within-round ratio (load drifts cancel)
+            return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+        result[name] = {"n": len(task.x01), "nfe": args.speed_nfe, "median_s_per_image": med,
+                        "all_s_per_image": times,
+                        "deepinv DDRM / difflab DDRM": ratio("deepinv DDRM", "difflab DDRM"),
+                        "deepinv DDRM / difflab DDNM": ratio("deepinv DDRM", "difflab DDNM"),
+                        "deepinv DiffPIR / difflab DDNM": ratio("deepinv DiffPIR", "difflab DDNM")}
+    return result
+
+
+def acceptance(tasks) -> str:
+    """Per task: difflab's best (by FID, by PSNR) against the best classical method, difflab's
+    DDRM against deepinv's, and difflab's best against diffusers' RePaint at equal NFE."""
+    def best(rows, names, key, sign):
+        found = [(sign * r[key], k.split(" @ ")[0]) for k, r in rows.items()
+                 if "fid" in r and k.split(" @ ")[0] in names]
+        return (sign * min(found)[0], min(found)[1]) if found else (None, None)
+
+    lines = ["| task | FID: difflab best / classical best | PSNR: difflab best / classical best "
+             "| DDRM PSNR, FID: difflab / deepinv | vs diffusers RePaint (PSNR, FID) |",
+             "|---|---|---|---|---|"]
+    ours = [m for m in DIFFUSION if m.startswith("difflab")]
+    for name, rows in tasks.items():
+        kind = make_kind(name)
+        f_us, f_us_m = best(rows, ours, "fid", 1)
+        f_cl, f_cl_m = best(rows, CLASSICAL[kind], "fid", 1)
+        p_us, p_us_m = best(rows, ours, "psnr", -1)
+        p_cl, p_cl_m = best(rows, CLASSICAL[kind], "psnr", -1)
+        cells = [f"{f_us:.2f} ({f_us_m}) / {f_cl:.2f} ({f_cl_m}): "
+                 f"{'better' if f_us < f_cl else 'worse'}",
+                 f"{p_us:.2f} ({p_us_m}) / {p_cl:.2f} ({p_cl_m}): "
+                 f"{'better' if p_us > p_cl else 'worse'}"]
+        ours_ddrm = next((r for k, r in rows.items() if k.startswith("difflab DDRM")), None)
+        theirs = next((r for k, r in rows.items() if k.startswith("deepinv DDRM")), None)
+        cells.append("-" if not (ours_ddrm and theirs) else
+                     f"{ours_ddrm['psnr']:.2f} / {theirs['psnr']:.2f}, "
+                     f"{ours_ddrm['fid']:.2f} / {theirs['fid']:.2f}")
+        rp = next((r for k, r in rows.items() if k.startswith("diffusers RePaint @")), None)
+        cells.append("-" if rp is None else
+                     f"{p_us:.2f} / {rp['psnr']:.2f}, {f_us:.2f} / {rp['fid']:.2f}: "
+                     f"{'better on both' if p_us > rp['psnr'] and f_us < rp['fid'] else 'not both'}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def make_kind(name: str) -> str:
+    return {"inpaint": "inpaint", "sr": "sr", "denoise": "denoise", "deblur": "deblur"}[
+        name.split("-")[0]]
+
+
+def speed_table(res) -> str:
+    lines = ["| task | images x NFE | difflab DDNM | difflab DDRM | deepinv DDRM | deepinv DiffPIR "
+             "| deepinv DDRM / difflab DDRM | deepinv DiffPIR / difflab DDNM |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        m = r["median_s_per_image"]
+        lines.append(f"| {name} | {r['n']} x {r['nfe']} | {m['difflab DDNM'] * 1e3:.1f} ms | "
+                     f"{m['difflab DDRM'] * 1e3:.1f} ms | {m['deepinv DDRM'] * 1e3:.1f} ms | "
+                     f"{m['deepinv DiffPIR'] * 1e3:.1f} ms | "
+                     f"{r['deepinv DDRM / difflab DDRM']:.2f}x | "
+                     f"{r['deepinv DiffPIR / difflab DDNM']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main():
+    import difflab
+    from difflab.data import load_pixels
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", metavar="RUN", nargs="?", help="a trained MNIST run directory")
+    parser.add_argument("--n", type=int, default=1000, help="MNIST test images (the first N)")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[10],
+                        help="network evaluations per image for the diffusion methods (<= 100)")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS,
+                        help="tasks to run (none: only the speed comparison)")
+    parser.add_argument("--methods", nargs="+", default=list(DIFFUSION), choices=DIFFUSION)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repaint-default-n", type=int, default=5,
+                        help="images for diffusers RePaint at its default settings (2,410 NFE)")
+    parser.add_argument("--speed-tasks", nargs="*", default=["inpaint-box", "denoise-0.2", "sr-x2"],
+                        choices=TASKS)
+    parser.add_argument("--speed-n", type=int, default=50)
+    parser.add_argument("--speed-nfe", type=int, default=10)
+    parser.add_argument("--speed-reps", type=int, default=15)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default=None, help="write all results to this JSON file")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="print the tables of earlier runs' JSON files (e.g. task subsets of "
+                             "one configuration run side by side) instead of running")
+    args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
+    if args.run is None:
+        parser.error("give RUN (or --merge)")
+    if max(args.nfe) > 100:
+        parser.error("--nfe: at most 100")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model = difflab.load(args.run)
+    net = SharedNet(model)
+    x01 = (torch.from_numpy(load_pixels("mnist", args.data_dir, "test")[0][:args.n]).float() / 255)
+    train01 = torch.from_numpy(load_pixels("mnist", args.data_dir, "train")[0][:50]).float() / 255
+    versions = versions_of()
+    print(f"{model}\n{len(x01)} MNIST test images, NFE {args.nfe}, {torch.get_num_threads()} "
+          f"thread(s); {versions}", flush=True)
+    clean = fid(x01, args.data_dir)
+    print(f"FID of the {len(x01)} clean test images themselves (floor): {clean:.2f}", flush=True)
+    results = {"config": {**vars(args), "model": repr(model), "versions": versions},
+               "clean_fid": clean, "tasks": {}}
+    for name in args.tasks:
+        print(f"\n== {name}", flush=True)
+        results["tasks"][name] = run_task(name, x01, train01, net, args, args.methods)
+        if args.out:  # after every task, so that a crash later keeps what is done
+            with open(args.out, "w") as fh:
+                json.dump({**results, "speed": {}, "wall_seconds": time.perf_counter() - started,
+                           "partial": True}, fh, indent=1, default=float)
+    speed_res = speed(x01, net, args) if args.speed_tasks and args.speed_reps > 0 else {}
+    results["speed"] = speed_res
+    results["wall_seconds"] = time.perf_counter() - started
+    report(results)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=1, default=float)
+
+
+def report(results) -> None:
+    n = results["config"]["n"]
+    print(f"\n### Quality ({n} images; FID of the clean images themselves: "
+          f"{results['clean_fid']:.2f})\n")
+    for name, rows in results["tasks"].items():
+        print(table(name, rows) + "\n")
+    print("### Against the acceptance (issue 14)\n\n" + acceptance(results["tasks"]) + "\n")
+    if results["speed"]:
+        print("### Speed (interleaved; medians of s/image, ratios: medians of within-round "
+              "ratios)\n\n" + speed_table(results["speed"]))
+    print(f"\nwall time {results['wall_seconds'] / 60:.1f} min")
+
+
+def merge(paths, out=None) -> None:
+    """One report from several JSON files of the same configuration (say, task subsets run in
+    parallel): tasks and speed results joined, wall time = the longest."""
+    runs = []
+    for path in paths:
+        with open(path) as fh:
+            runs.append(json.load(fh))
+    keys = ("n", "nfe", "seed", "batch", "run")
+    for r in runs[1:]:
+        diff = [k for k in keys if r["config"][k] != runs[0]["config"][k]]
+        if diff:
+            raise SystemExit(f"{paths[0]} and another file differ in {', '.join(diff)}")
+    merged = {"config": runs[0]["config"], "clean_fid": runs[0]["clean_fid"], "tasks": {},
+              "speed": {}, "wall_seconds": max(r["wall_seconds"] for r in runs),
+              "merged_from": list(paths)}
+    for r in runs:
+        merged["tasks"].update(r["tasks"])
+        merged["speed"].update(r["speed"])
+    merged["tasks"] = {t: merged["tasks"][t] for t in TASKS if t in merged["tasks"]}
+    report(merged)
+    if out:
+        with open(out, "w") as fh:
+            json.dump(merged, fh, indent=1)
+
+
+def versions_of() -> dict:
+    out = {"torch": torch.__version__}
+    for name in ("deepinv", "diffusers", "skimage", "cv2", "bm3d"):
+        try:
+            module = peers.import_deepinv() if name == "deepinv" else __import__(name)
+            out[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            out[name] = None
+    return out
+
+
+if __name__ == "__main__":
+    main()
