@@ -219,6 +219,56 @@ def test_training_batch_is_a_function_of_seed_step_and_index(tmp_path):
     assert torch.equal(x0, data.images[torch.cat([orders[0][-8:], orders[1][:2]])])
 
 
+def test_horizontal_flips_mirror_a_keyed_half_and_leave_the_rest_of_the_batch(tmp_path):
+    """data.hflip mirrors each image with probability 1/2, drawn from the sample's own generator
+    after its noise: the noise, sigma and labels are those of the same run without flips, and the
+    flipped batch is the same whichever rank draws it."""
+    from difflab.training.train import batch_share, prepare
+
+    config = tiny_config("unused", batch=40, folder=make_images(tmp_path / "images"))
+    data = prepare(config)[0]
+    plain = batch_share(data, config, None, 1, 0, 40)
+    config.data.hflip = True
+    flipped = batch_share(data, config, None, 1, 0, 40)
+    for a, b in zip(plain[1:], flipped[1:]):
+        assert torch.equal(a, b)
+    mirrored = [torch.equal(f, p.flip(-1)) and not torch.equal(f, p)
+                for f, p in zip(flipped[0], plain[0])]
+    kept = [torch.equal(f, p) for f, p in zip(flipped[0], plain[0])]
+    assert all(m or k for m, k in zip(mirrored, kept))
+    assert 8 <= sum(mirrored) <= 32  # Binomial(40, 1/2) (all test images are asymmetric)
+    halves = torch.cat([batch_share(data, config, None, 1, first, 20)[0] for first in (0, 20)])
+    assert torch.equal(halves, flipped[0])
+
+
+def test_cifar10_recipe_sits_under_config_file_flags_and_set(tmp_path):
+    from difflab.cli import build_parser
+    from difflab.cli.train import train_config
+    from difflab.config import RECIPES, TrainConfig, recipe
+
+    assert recipe("mnist") == TrainConfig()
+    cifar = recipe("cifar10")
+    assert cifar.data.hflip and cifar.loop.out == "runs/cifar10" and cifar.loop.minutes == 30
+    assert cifar.sample.guidance == 2 and cifar.net.channels == TrainConfig().net.channels
+    assert list(cifar.net.attention_resolutions) == RECIPES["cifar10"]["net"]["attention_resolutions"]
+    parse = build_parser().parse_args
+    assert train_config(parse(["train", "--data", "cifar10"])).data.hflip
+    assert not train_config(parse(["train", "--data", "mnist"])).data.hflip
+    config = train_config(parse(["train", "--data", "cifar10", "--set", "data.hflip=false",
+                                 "--minutes", "3"]))
+    assert not config.data.hflip and config.loop.minutes == 3
+    assert train_config(parse(["train", "--set", "data.dataset=cifar10"])).data.hflip
+    toml = tmp_path / "c.toml"
+    toml.write_text('[data]\ndataset = "cifar10"\n[loop]\nout = "runs/x"\n')
+    config = train_config(parse(["train", "--config", str(toml)]))
+    assert config.data.hflip and config.loop.out == "runs/x"
+    run = tmp_path / "run"  # --resume without --data keeps the run's own recipe
+    run.mkdir()
+    (run / "config.json").write_text('{"data": {"dataset": "cifar10"}}')
+    assert train_config(parse(["train", "--out", str(run), "--resume"])).data.hflip
+    assert not train_config(parse(["train", "--out", str(tmp_path), "--resume"])).data.hflip
+
+
 def test_shards_cover_the_items_in_order_in_whole_blocks(monkeypatch):
     from difflab.training import distributed
 

@@ -1,10 +1,15 @@
-"""Sample quality per CPU budget: difflab's MNIST recipe against Hugging Face diffusers'
-UNet2DModel + DDPMScheduler trained for the same number of minutes (or steps), then sampled with
-50 DDIM steps (diffusers) and difflab's default sampler, both scored with the same feature network
-(FID/KID with difflab's MNIST features, 1,000 samples against the MNIST test split).
+"""Sample quality per CPU budget: difflab's recipe (MNIST or CIFAR-10) against Hugging Face
+diffusers' UNet2DModel + DDPMScheduler trained for the same number of minutes (or steps), then
+sampled with 50 DDIM steps (diffusers) and difflab's default sampler, both scored with the same
+feature network (FID/KID with difflab's features, 1,000 samples against the test split).
 
     python benchmarks/generative/quality_vs_diffusers.py --minutes 10 --data-dir ../shared/data
     python benchmarks/generative/quality_vs_diffusers.py --diffusers-steps 1750 --difflab-run runs/mnist
+    python benchmarks/generative/quality_vs_diffusers.py --data cifar10 --minutes 30 \
+        --difflab-run runs/cifar10
+
+On CIFAR-10 the diffusers side gets random horizontal flips, as difflab's recipe (and diffusers'
+training example with ``--random_flip``), and a UNet2DModel of about the recipe network's size.
 
 ``--difflab-run`` scores an existing difflab run directory (e.g. the main job's) instead of training
 difflab here. Prints both scores and the ratio (diffusers FID / difflab FID).
@@ -18,14 +23,16 @@ import torch
 
 
 def train_diffusers(images: torch.Tensor, minutes: float | None, steps: int | None, batch: int,
-                    seed: int):
+                    seed: int, flips: bool = False):
     """The diffusers recipe of its unconditional training example: eps-prediction, linear betas,
-    AdamW 1e-4 with warm-up, EMA; a ~1.1M-parameter UNet2DModel for 28x28."""
+    AdamW with warm-up, EMA; a ~1.1M-parameter UNet2DModel for 28x28 (or 32x32 colour), with
+    attention at the lowest resolution; ``flips`` mirrors each image with probability 1/2."""
     from diffusers import DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed)
-    model = UNet2DModel(sample_size=28, in_channels=1, out_channels=1,
+    channels, size = images.shape[1], images.shape[-1]
+    model = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
                         block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
                         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
@@ -36,6 +43,9 @@ def train_diffusers(images: torch.Tensor, minutes: float | None, steps: int | No
     started, step = time.perf_counter(), 0
     while (steps is None or step < steps) and (minutes is None or time.perf_counter() - started < 60 * minutes):
         x0 = images[torch.randint(len(images), (batch,), generator=g)]
+        if flips:
+            mirror = torch.rand(batch, generator=g) < 0.5
+            x0 = torch.where(mirror[:, None, None, None], x0.flip(-1), x0)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (batch,), generator=g)
         for group in opt.param_groups:
@@ -53,6 +63,7 @@ def train_diffusers(images: torch.Tensor, minutes: float | None, steps: int | No
 
 @torch.no_grad()
 def sample_diffusers(model, n: int, seed: int, steps: int = 50) -> torch.Tensor:
+    item = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler(num_train_timesteps=1000)
@@ -60,7 +71,7 @@ def sample_diffusers(model, n: int, seed: int, steps: int = 50) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, n, 250):
-        x = torch.randn(min(250, n - start), 1, 28, 28, generator=g)
+        x = torch.randn(min(250, n - start), *item, generator=g)
         for t in scheduler.timesteps:
             x = scheduler.step(model(x, t).sample, t, x).prev_sample
         out.append(x.clamp(-1, 1))
@@ -68,7 +79,7 @@ def sample_diffusers(model, n: int, seed: int, steps: int = 50) -> torch.Tensor:
 
 
 def main() -> None:
-    from difflab.config import TrainConfig, update
+    from difflab.config import recipe, update
     from difflab.data import load_dataset
     from difflab.evaluation.evaluate import evaluate_images
     from difflab.runs import finish_run, load
@@ -76,6 +87,7 @@ def main() -> None:
     from difflab.training.train import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=("mnist", "cifar10"), default="mnist")
     parser.add_argument("--minutes", type=float, default=None, help="training budget of each side")
     parser.add_argument("--diffusers-steps", type=int, default=None)
     parser.add_argument("--difflab-run", help="score this existing difflab run instead of training")
@@ -90,10 +102,13 @@ def main() -> None:
     if args.minutes is None and args.diffusers_steps is None:
         parser.error("give --minutes or --diffusers-steps")
 
-    images = load_dataset("mnist", args.data_dir, "train").images
-    model, steps, seconds = train_diffusers(images, args.minutes, args.diffusers_steps, args.batch, args.seed)
+    images = load_dataset(args.data, args.data_dir, "train").images
+    reference = f"{args.data}-test"
+    model, steps, seconds = train_diffusers(images, args.minutes, args.diffusers_steps, args.batch,
+                                            args.seed, flips=args.data == "cifar10")
+    print(f"diffusers UNet2DModel: {sum(p.numel() for p in model.parameters()):,} parameters")
     diffusers_samples = sample_diffusers(model, args.n, args.seed)
-    theirs = evaluate_images(diffusers_samples, "mnist-test", args.data_dir)
+    theirs = evaluate_images(diffusers_samples, reference, args.data_dir)
     print(f"diffusers: {steps} steps in {seconds / 60:.1f} min, FID {theirs['fid']:.2f}, "
           f"KID {theirs['kid']:.4f}, precision {theirs['precision']:.3f}, recall {theirs['recall']:.3f}")
     if args.diffusers_only:
@@ -108,8 +123,9 @@ def main() -> None:
     if args.difflab_run:
         run_dir = args.difflab_run
     else:
-        config = TrainConfig()
-        update(config, {"data": {"data_dir": args.data_dir}, "run": {"seed": args.seed},
+        config = recipe(args.data)
+        update(config, {"data": {"dataset": args.data, "data_dir": args.data_dir},
+                        "run": {"seed": args.seed},
                         "loop": {"out": args.out, "minutes": args.minutes,
                                  "steps": None if args.minutes else args.diffusers_steps},
                         "sample": {"final_samples": 0}})
@@ -117,7 +133,7 @@ def main() -> None:
         finish_run(run_dir, 0)
     info = read_checkpoint(run_dir)[0]
     ours_steps, ours_seconds = info["step"], info["train_seconds"]
-    ours = evaluate_images(load(run_dir).generate(args.n, seed=args.seed), "mnist-test",
+    ours = evaluate_images(load(run_dir).generate(args.n, seed=args.seed), reference,
                            args.data_dir)
     print(f"difflab:   {ours_steps} steps in {ours_seconds / 60:.1f} min, FID {ours['fid']:.2f}, "
           f"KID {ours['kid']:.4f}, precision {ours['precision']:.3f}, recall {ours['recall']:.3f}")

@@ -37,6 +37,7 @@ class DataConfig:
     image_size: int | None = None    # resize; None keeps the data set's size
     channels: int | None = None      # for dataset = "folder"
     class_conditional: bool = True   # learn p(x | label) too; sample with guidance
+    hflip: bool = False              # mirror each training image with probability 1/2
 
 
 @dataclass
@@ -115,6 +116,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Per-data-set recipes: the fields in which a data set's recipe differs from the defaults above
+# (the MNIST recipe). ``recipe`` applies them before a --config file, flags and --set. CIFAR-10's
+# was chosen in BENCHMARKS.md, "CIFAR-10 recipe".
+RECIPES = {
+    "cifar10": {"data": {"hflip": True}, "net": {"attention_resolutions": [8]},
+                "loop": {"out": "runs/cifar10", "minutes": 30.0}, "sample": {"guidance": 2.0}},
+}
+
+
+def recipe(dataset: str = "mnist") -> TrainConfig:
+    """The default TrainConfig of ``dataset``: the MNIST recipe with ``RECIPES[dataset]`` on top."""
+    config = TrainConfig()
+    return update(config, RECIPES[dataset], f"recipe {dataset}") if dataset in RECIPES else config
 
 
 # Sections a resume may change: they do not alter the training trajectory.

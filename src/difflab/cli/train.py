@@ -63,13 +63,22 @@ def add_train_parser(sub) -> None:
 
 
 def train_config(args):
-    """The TrainConfig of ``difflab train`` arguments: defaults, then --config, then flags,
-    then --set; validated."""
-    from difflab.config import TrainConfig, load_file, parse_overrides, update, validate
+    """The TrainConfig of ``difflab train`` arguments: the data set's recipe (``config.recipe``),
+    then --config, then flags, then --set; validated."""
+    from difflab.config import load_file, parse_overrides, recipe, update, validate
 
-    config = TrainConfig()
-    if args.config:
-        update(config, load_file(args.config))
+    from_file = load_file(args.config) if args.config else {}
+    overrides = parse_overrides(args.set)
+
+    def given(section: str, name: str):  # --set, then the flag, then the file
+        return (overrides.get(section, {}).get(name) or getattr(args, f"{section}.{name}", None)
+                or from_file.get(section, {}).get(name))
+
+    dataset = given("data", "dataset")
+    if dataset is None and args.resume:  # a resumed run keeps its data set's recipe
+        dataset = saved_dataset(Path(given("loop", "out") or recipe().loop.out))
+    config = recipe(str(dataset or "mnist"))  # the recipe, under the file, flags and --set
+    update(config, from_file)
     flags = {}
     for dotted in [d for d, _ in TRAIN_FLAGS.values()] + ["data.class_conditional", "run.precision"]:
         value = getattr(args, dotted, None)
@@ -79,8 +88,19 @@ def train_config(args):
     update(config, flags)
     if getattr(args, "loop.steps") is not None and getattr(args, "loop.minutes") is None:
         config.loop.minutes = None  # --steps alone means "exactly this many steps"
-    update(config, parse_overrides(args.set))
+    update(config, overrides)
     return validate(config)
+
+
+def saved_dataset(run_dir: Path) -> str | None:
+    """The data set of the run in ``run_dir`` (its config.json), None if there is none to read
+    (then training refuses the resume with its own message)."""
+    import json
+
+    try:
+        return json.loads((run_dir / "config.json").read_text())["data"]["dataset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def cmd_train(args) -> int:

@@ -174,9 +174,10 @@ def write_report(run_dir: str | Path, sample_info: dict, metrics: dict | None = 
               + f"), EMA weights, {sample_info['seconds']:.1f} s.", ""]
     if sample_info.get("sigmas"):
         lines += [f"Sigma grid `{sample_info['sigma_grid']}`: "
-                  + ", ".join(f"{s:g}" for s in sample_info["sigmas"]) + ". difflab's default "
-                  "recipe (sampler, steps, guidance, grid) is chosen in BENCHMARKS.md, "
-                  "\"Few-step sampling\", on both feature spaces.", ""]
+                  + ", ".join(f"{s:g}" for s in sample_info["sigmas"]) + ". The recipes' "
+                  "sampling defaults (sampler, steps, guidance, grid) are chosen in BENCHMARKS.md: "
+                  "MNIST's in \"Few-step sampling\" on two feature spaces, CIFAR-10's guidance in "
+                  "\"CIFAR-10 recipe\".", ""]
     lines += [f"![samples]({sample_info['grid']})", ""]
     if sample_info.get("npz"):
         lines += [f"All samples in [0, 1]: `{sample_info['npz']}`.", ""]

@@ -9,8 +9,8 @@ take. Every sample's randomness is a function of (run seed, step, global sample 
 
 - its data index: position step * B + i of the stream of data permutations, one permutation per
   epoch, seeded by (run seed, epoch) (an epoch shows every image once);
-- its noise level, label dropout and noise: drawn, in that order, from a generator of its own
-  seeded by (run seed, step, i) (``samplers.keyed_seed``);
+- its noise level, label dropout, noise and (with ``data.hflip``) horizontal flip: drawn, in that
+  order, from a generator of its own seeded by (run seed, step, i) (``samplers.keyed_seed``);
 
 so the global batch and its noise are the same for any N, and ``--resume`` continues bit for bit
 without saved generator states. Only network dropout (off by default) draws from torch's global
@@ -123,18 +123,23 @@ def batch_share(data, config: TrainConfig, alpha_bar, step: int, first: int, cou
     for epoch in (positions // n).unique().tolist():  # a batch may straddle two epochs
         here = positions // n == epoch
         index[here] = epoch_order(seed, epoch, n)[positions[here] % n]
-    sigma, keep, noise = [], [], []
+    sigma, keep, noise, flip = [], [], [], []
     for i in range(first, first + count):
         generator = torch.Generator().manual_seed(keyed_seed("train", seed, step, i))
         sigma.append(sample_training_sigma(diff.density, 1, generator, alpha_bar, diff.p_mean,
                                            diff.p_std, diff.sigma_min, diff.sigma_max))
         keep.append(torch.rand(1, generator=generator) >= diff.label_dropout)
         noise.append(torch.randn(data.shape, generator=generator))
-        # (a data augmentation, e.g. flips, would draw here, from the same generator)
+        if config.data.hflip:  # drawn last, so that runs without flips keep their streams
+            flip.append(bool(torch.rand(1, generator=generator) < 0.5))
+    x0 = data.images[index]
+    if flip and any(flip):  # horizontal flips: an augmentation of the data distribution
+        mirrored = torch.tensor(flip)
+        x0 = torch.where(mirrored[:, None, None, None], x0.flip(-1), x0)
     cond = None
     if config.data.class_conditional:  # drop labels for classifier-free guidance (Ho & Salimans 2022)
         cond = torch.where(torch.cat(keep), data.labels[index], -1)
-    return data.images[index], cond, torch.cat(sigma), torch.stack(noise)
+    return x0, cond, torch.cat(sigma), torch.stack(noise)
 
 
 def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool = False) -> Path:
