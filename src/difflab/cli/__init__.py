@@ -48,6 +48,7 @@ def one_line_warnings(default, message, category, filename, lineno, file=None, l
 
 
 def main(argv: list[str] | None = None) -> int:
+    from difflab.training import distributed
     from difflab.training.train import TrainingError
 
     parser = build_parser()
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = functools.partial(one_line_warnings, warnings.showwarning)
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        distributed.finish()  # under torchrun: leave the process group before interpreter exit
+        return code
     except (ValueError, TrainingError) as e:  # our errors: config, data, checkpoint, metrics
         print(f"difflab: error: {e}", file=sys.stderr)
         return 2

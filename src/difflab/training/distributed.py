@@ -75,6 +75,12 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
+def finish() -> None:
+    """Leave the process group at a command's normal end, while the interpreter is whole (after
+    an error the exit hook does it). No barrier: rank 0 may still be writing the report."""
+    destroy()
+
+
 def barrier() -> None:
     if active():
         dist.barrier()
