@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = functools.partial(one_line_warnings, warnings.showwarning)
             code = int(args.func(args) or 0)
-        distributed.finish()  # under torchrun: leave the process group before interpreter exit
+        distributed.destroy()  # under torchrun: leave the process group before interpreter exit
         return code
     except (ValueError, TrainingError) as e:  # our errors: config, data, checkpoint, metrics
         print(f"difflab: error: {e}", file=sys.stderr)

@@ -70,15 +70,11 @@ def init(device: torch.device) -> torch.device:
 
 
 def destroy() -> None:
-    """Leave the process group (registered at exit by :func:`init`)."""
+    """Leave the process group: at a command's normal end (``cli.main``), while the interpreter
+    is whole, and registered at exit by :func:`init` for the other paths. No barrier: rank 0 may
+    still be writing the report."""
     if active():
         dist.destroy_process_group()
-
-
-def finish() -> None:
-    """Leave the process group at a command's normal end, while the interpreter is whole (after
-    an error the exit hook does it). No barrier: rank 0 may still be writing the report."""
-    destroy()
 
 
 def barrier() -> None:

@@ -133,7 +133,7 @@ def batch_share(data, config: TrainConfig, alpha_bar, step: int, first: int, cou
         if config.data.hflip:  # drawn last, so that runs without flips keep their streams
             flip.append(bool(torch.rand(1, generator=generator) < 0.5))
     x0 = data.images[index]
-    if flip and any(flip):  # horizontal flips: an augmentation of the data distribution
+    if any(flip):  # horizontal flips: an augmentation of the data distribution
         mirrored = torch.tensor(flip)
         x0 = torch.where(mirrored[:, None, None, None], x0.flip(-1), x0)
     cond = None
