@@ -27,7 +27,7 @@ from difflab.diffusion.samplers import ancestral_step, sample_ddim
 from difflab.diffusion.schedules import karras_sigmas
 from difflab.restoration import (Blur, Downsample, GaussianPrior, Grayscale, Identity, Inpainting,
                                  operator_matrix, repaint_path, restore_ddnm, restore_ddrm,
-                                 restore_pigdm, restore_repaint, restore_sdedit)
+                                 restore_mean, restore_pigdm, restore_repaint, restore_sdedit)
 from difflab.restoration.solvers import sdedit_start
 
 Z = 4.0  # Monte Carlo tolerance in standard errors
@@ -289,6 +289,35 @@ def test_inpainting_isotropic_gaussian_matches_posterior(case, iso_problem):
     known_sum = y.sum(dim=(1, 2, 3), keepdim=True).expand_as(out)[~mask]
     corr = torch.corrcoef(torch.stack([unknown, known_sum]))[0, 1].item()
     assert abs(corr) < Z / math.sqrt(count)
+
+
+@pytest.mark.parametrize("solver", ["ddnm", "pigdm"])
+def test_mean_of_draws_has_the_draws_mean_and_a_kth_of_their_variance(solver, iso_problem):
+    """restore_mean with K draws: known pixels exactly y (averaging keeps A x = y); unknown pixels
+    keep the one-draw mean and have 1/K of its variance (independent draws), so the estimate's
+    squared error around the posterior mean shrinks by K."""
+    fn, options, kind, eta, path = POSTERIOR_CASES[solver]
+    prior, op, y = iso_problem
+    draws = 4
+    out = restore_mean(fn, draws, prior, y, op, torch.tensor(LEVELS), generator=_gen(13), **options)
+    mask = op.mask.expand_as(out)
+    assert out.dtype == y.dtype and torch.equal(out[mask], y[mask])
+    unknown = out[~mask]
+    count = unknown.numel()
+    mean, var = chain_moments(LEVELS, eta, kind, path)
+    assert abs(unknown.mean().item() - mean) < Z * math.sqrt(var / draws / count)
+    assert abs(unknown.var().item() - var / draws) < Z * var / draws * math.sqrt(2 / count)
+
+
+def test_mean_of_one_draw_is_the_solver_and_draws_are_validated():
+    prior, op = _iso_prior(16), Inpainting(_mask((3, 1, 4, 4)))
+    y = op.A(torch.randn(3, 1, 4, 4, generator=_gen(0)))
+    levels = karras_sigmas(5, 0.002, 80.0)
+    one = restore_mean(restore_ddrm, 1, prior, y, op, levels, generator=_gen(1))
+    assert torch.equal(one, restore_ddrm(prior, y, op, levels, generator=_gen(1)))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"draws={bad}"):
+            restore_mean(restore_ddrm, bad, prior, y, op, levels)
 
 
 def test_chain_moments_converge_to_posterior():

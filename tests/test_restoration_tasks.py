@@ -63,6 +63,12 @@ def test_api_matches_cli_and_edit_at_strength_zero_is_identity(files):
     model = difflab.load(files / "run")
     image = torch.from_numpy(np.array(Image.open(files / "digit.png"))).float()[None, None] / 255
     torch.testing.assert_close(model.edit(image, strength=0.0), image, rtol=0, atol=1e-6)
+    mask = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    mask[..., 2:6, 2:6] = False
+    mean = model.inpaint(image, mask, steps=4, seed=1, draws=3)  # a mean of draws keeps known pixels
+    one = model.inpaint(image, mask, steps=4, seed=1)
+    torch.testing.assert_close(mean[mask.expand_as(mean)], image[mask], rtol=0, atol=1e-6)
+    assert not torch.equal(mean, one)
     a = model.denoise(image, sigma=0.2, steps=4, seed=1)
     b = model.denoise(image, sigma=0.2, steps=4, seed=1)
     assert a.shape == image.shape and torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
@@ -83,6 +89,7 @@ def test_api_matches_cli_and_edit_at_strength_zero_is_identity(files):
     (["colorize", "{run}", "{digit}"], "colorize needs a colour model"),
     (["deblur", "{run}", "{digit}", "--kernel", "disk:3"], "give gaussian:STD"),
     (["deblur", "{run}", "{digit}", "--out", "{mask}x"], "give a file name ending in .png"),
+    (["upscale", "{run}", "{small}", "--factor", "2", "--draws", "0"], "--draws must be at least 1, got 0"),
 ])
 def test_bad_restoration_input_is_one_line(files, argv, message, capsys):
     names = {k: str(files / f"{k}.png") for k in ("digit", "mask", "mask4", "empty", "full",

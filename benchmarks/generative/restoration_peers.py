@@ -2,16 +2,20 @@
 diffusers' RePaint, each driven by the same measurement (and, for the diffusion peers, the same
 trained network) as difflab's solvers.
 
-Conventions. Every function here takes and returns images in [0, 1] pixel units ([N, 1, H, W]
-float tensors), the units of deepinv and of the classical libraries; difflab's model works in
-[-1, 1]. ``net(x, sigma)`` is the shared network as a VE-form denoiser in [-1, 1] units
-(x = x0 + sigma n, returns x0_hat; ``restoration_quality.SharedNet``).
+Conventions. Every function here takes and returns images in [0, 1] pixel units ([N, C, H, W]
+float tensors, C = 1 for MNIST, 3 for CIFAR-10), the units of deepinv and of the classical
+libraries; difflab's model works in [-1, 1]. Inpainting masks are [N, 1, H, W] (one mask per
+pixel, all channels). Colour images go to the classical libraries channels-last (H x W x 3):
+OpenCV inpaints 8-bit RGB, scikit-image gets ``channel_axis``, BM3D runs ``bm3d_rgb``
+(opponent colour space), bicubic, Wiener and Richardson-Lucy run per channel. ``net(x, sigma)``
+is the shared network as a VE-form denoiser in [-1, 1] units (x = x0 + sigma n, returns x0_hat;
+``restoration_quality.SharedNet``).
 
 | peer        | its convention                                   | adapter here                          |
 |-------------|--------------------------------------------------|---------------------------------------|
 | deepinv     | D(x, sigma) with x = x0 + sigma n in [0, 1] units | D01(x, s) = (net(2x - 1, 2s) + 1) / 2 |
 | diffusers   | eps_theta(x_t, t), x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, x0 in [-1, 1], ab_t of the scheduler | sigma_t = sqrt((1 - ab_t) / ab_t), x = x_t / sqrt(ab_t), eps = (x - net(x, sigma_t)) / sigma_t |
-| OpenCV      | uint8 image, uint8 mask (nonzero = fill)          | round to 8 bits                       |
+| OpenCV      | uint8 image (H x W [x 3]), uint8 mask (nonzero = fill) | round to 8 bits                |
 | scikit-image| float image; ``inpaint_biharmonic`` mask True = fill | as is                               |
 """
 from __future__ import annotations
@@ -30,21 +34,44 @@ import torch
 
 
 def _images(x: torch.Tensor) -> np.ndarray:
-    """[N, 1, H, W] tensor -> [N, H, W] float64 array."""
-    return x[:, 0].detach().cpu().double().numpy()
+    """[N, 1, H, W] tensor -> [N, H, W] float64 array; [N, C, H, W] -> [N, H, W, C]."""
+    if x.shape[1] == 1:
+        return x[:, 0].detach().cpu().double().numpy()
+    return np.ascontiguousarray(x.detach().cpu().double().permute(0, 2, 3, 1).numpy())
 
 
 def _tensor(arrays) -> torch.Tensor:
-    return torch.from_numpy(np.stack(arrays)[:, None].astype(np.float32)).clamp(0, 1)
+    """Inverse of ``_images`` (float32, clamped to [0, 1])."""
+    a = np.stack(arrays)
+    a = a[:, None] if a.ndim == 3 else np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+    return torch.from_numpy(a.astype(np.float32)).clamp(0, 1)
+
+
+def _masks(known: torch.Tensor) -> np.ndarray:
+    """[N, 1, H, W] bool mask (True = known) -> [N, H, W] float64 array."""
+    return known[:, 0].detach().cpu().double().numpy()
+
+
+def _channel_axis(img: np.ndarray):
+    """scikit-image's ``channel_axis`` of one image from ``_images``: None (gray) or -1."""
+    return None if img.ndim == 2 else -1
+
+
+def _per_channel(fn, img: np.ndarray) -> np.ndarray:
+    """``fn`` (2-D array -> 2-D array) on a gray image, or on each channel of a colour one."""
+    if img.ndim == 2:
+        return fn(img)
+    return np.stack([fn(np.ascontiguousarray(img[..., k])) for k in range(img.shape[-1])], -1)
 
 
 def inpaint_opencv(y01: torch.Tensor, known: torch.Tensor, flag: str, radius: int = 3):
-    """OpenCV inpainting (Telea 2004, "fmm"; Bertalmio et al. 2001, "ns") of 8-bit images."""
+    """OpenCV inpainting (Telea 2004, "fmm"; Bertalmio et al. 2001, "ns") of 8-bit images
+    (gray or RGB; ``cv2.inpaint`` takes 1- and 3-channel 8-bit images)."""
     import cv2
 
     flags = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[flag]
     out = []
-    for img, m in zip(_images(y01), _images(known.float())):
+    for img, m in zip(_images(y01), _masks(known)):
         u8 = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
         fill = (m == 0).astype(np.uint8) * 255
         out.append(cv2.inpaint(u8, fill, radius, flags).astype(np.float64) / 255)
@@ -55,20 +82,21 @@ def inpaint_biharmonic(y01: torch.Tensor, known: torch.Tensor):
     """scikit-image's biharmonic inpainting (Damelin & Hoang 2018)."""
     from skimage.restoration import inpaint_biharmonic as biharmonic
 
-    return _tensor([biharmonic(img, m == 0) for img, m in
-                    zip(_images(y01), _images(known.float()))])
+    return _tensor([biharmonic(img, m == 0, channel_axis=_channel_axis(img)) for img, m in
+                    zip(_images(y01), _masks(known))])
 
 
 def upscale_bicubic(y01: torch.Tensor, factor: int):
-    """PIL bicubic resampling (a = -0.5) of float images, H/f x W/f -> H x W."""
+    """PIL bicubic resampling (a = -0.5) of float images, H/f x W/f -> H x W; colour per channel
+    (PIL's float mode "F" is one channel; its "RGB" mode would round the measurement to 8 bits)."""
     from PIL import Image
 
-    out = []
-    for img in _images(y01):
-        h, w = img.shape
-        pil = Image.fromarray(img.astype(np.float32), mode="F")
-        out.append(np.asarray(pil.resize((w * factor, h * factor), Image.BICUBIC), np.float64))
-    return _tensor(out)
+    def up(channel):
+        h, w = channel.shape
+        pil = Image.fromarray(channel.astype(np.float32), mode="F")
+        return np.asarray(pil.resize((w * factor, h * factor), Image.BICUBIC), np.float64)
+
+    return _tensor([_per_channel(up, img) for img in _images(y01)])
 
 
 def denoise_nlm(y01, sigma: float, h: float):
@@ -77,14 +105,17 @@ def denoise_nlm(y01, sigma: float, h: float):
     from skimage.restoration import denoise_nl_means
 
     return _tensor([denoise_nl_means(img, h=h * sigma, sigma=sigma, fast_mode=True,
-                                     patch_size=5, patch_distance=6) for img in _images(y01)])
+                                     patch_size=5, patch_distance=6,
+                                     channel_axis=_channel_axis(img)) for img in _images(y01)])
 
 
 def denoise_tv(y01, sigma: float, weight: float):
-    """Total-variation denoising (Chambolle 2004), scikit-image; ``weight`` in units of sigma."""
+    """Total-variation denoising (Chambolle 2004), scikit-image; ``weight`` in units of sigma
+    (colour: scikit-image's ``channel_axis``, each channel on its own)."""
     from skimage.restoration import denoise_tv_chambolle
 
-    return _tensor([denoise_tv_chambolle(img, weight=weight * sigma) for img in _images(y01)])
+    return _tensor([denoise_tv_chambolle(img, weight=weight * sigma,
+                                         channel_axis=_channel_axis(img)) for img in _images(y01)])
 
 
 def denoise_bm3d(y01, sigma: float, tiles: int = 10):
@@ -93,20 +124,25 @@ def denoise_bm3d(y01, sigma: float, tiles: int = 10):
     per call whatever the size on this machine (28 x 28: 3.2 s; 280 x 280: 21-24 s), which would
     make 2,000 single-digit calls take longer than the whole diffusion benchmark. Within a mosaic,
     block matching may also find similar blocks in neighbouring digits (more candidates than one
-    digit offers; ``tiles=1`` is the per-image form)."""
+    digit offers; ``tiles=1`` is the per-image form). Colour images: ``bm3d.bm3d_rgb`` (block
+    matching on luminance in the opponent colour space; ``sigma`` is the RGB noise std)."""
     import bm3d
 
     imgs = _images(y01)
-    n, h, w = imgs.shape
+    n, h, w = imgs.shape[:3]
+    rest = imgs.shape[3:]  # () gray, (3,) colour
+    axes = (0, 2, 1, 3, *range(4, 4 + len(rest)))
+    denoise = bm3d.bm3d if not rest else bm3d.bm3d_rgb
     out = []
     for start in range(0, n, tiles * tiles):
         part = imgs[start:start + tiles * tiles]
         rows = math.ceil(len(part) / tiles)
-        pad = np.zeros((rows * tiles, h, w))
+        pad = np.zeros((rows * tiles, h, w, *rest))
         pad[:len(part)] = part
-        mosaic = pad.reshape(rows, tiles, h, w).transpose(0, 2, 1, 3).reshape(rows * h, tiles * w)
-        den = np.asarray(bm3d.bm3d(mosaic, sigma_psd=sigma), np.float64)
-        den = den.reshape(rows, h, tiles, w).transpose(0, 2, 1, 3).reshape(-1, h, w)
+        mosaic = pad.reshape(rows, tiles, h, w, *rest).transpose(axes).reshape(
+            rows * h, tiles * w, *rest)
+        den = np.asarray(denoise(mosaic, sigma_psd=sigma), np.float64)
+        den = den.reshape(rows, h, tiles, w, *rest).transpose(axes).reshape(-1, h, w, *rest)
         out.extend(den[:len(part)])
     return _tensor(out)
 
@@ -119,29 +155,35 @@ def centred_psf(kernel: torch.Tensor) -> np.ndarray:
 
 
 def deblur_wiener(y01, kernel: torch.Tensor, balance: float):
-    """Wiener-Hunt deconvolution (scikit-image ``restoration.wiener``; circular, like the blur)."""
+    """Wiener-Hunt deconvolution (scikit-image ``restoration.wiener``; circular, like the blur);
+    colour per channel."""
     from skimage.restoration import wiener
 
     psf = centred_psf(kernel)
-    return _tensor([wiener(img, psf, balance, clip=False) for img in _images(y01)])
+    return _tensor([_per_channel(lambda c: wiener(c, psf, balance, clip=False), img)
+                    for img in _images(y01)])
 
 
 def deblur_richardson_lucy(y01, kernel: torch.Tensor, iterations: int):
     """Richardson-Lucy deconvolution (Richardson 1972; Lucy 1974), scikit-image, on the blurred
-    image clipped to [0, 1] (RL needs a nonnegative image); 9 x 9 central part of the PSF."""
+    image clipped to [0, 1] (RL needs a nonnegative image); 9 x 9 central part of the PSF; colour
+    per channel."""
     from skimage.restoration import richardson_lucy
 
     psf = centred_psf(kernel)
     c = psf.shape[0] // 2
     psf = psf[c - 4:c + 5, c - 4:c + 5]
     psf = psf / psf.sum()
-    return _tensor([richardson_lucy(np.clip(img, 0, 1), psf, num_iter=iterations, clip=False)
-                    for img in _images(y01)])
+    def rl(channel):
+        return richardson_lucy(np.clip(channel, 0, 1), psf, num_iter=iterations, clip=False)
+
+    return _tensor([_per_channel(rl, img) for img in _images(y01)])
 
 
 def run_classical(method, task, params: dict):
     """A classical restorer (or the pseudo-inverse A^+ y) on ``task`` (``restoration_quality.Task``)
-    with its free parameter from ``params``; images in [0, 1]."""
+    with its free parameter from ``params``; images in [0, 1]. (Colorization has no classical
+    restorer here: only A^+ y, the gray image in every channel.)"""
     if method == "A^+ y":
         return ((task.operator.pinv(task.y_pm).clamp(-1, 1) + 1) / 2)
     if method == "OpenCV Telea":
@@ -236,49 +278,63 @@ def deepinv_denoiser(net, channels: int = 1):
     return SharedDenoiser()
 
 
+def svd_physics(op, c: int, h: int, w: int, **kw):
+    """difflab operator ``op`` (an SVD A = U S V^T, see ``difflab.restoration.operators``) as a
+    deepinv ``DecomposablePhysics`` on [N, c, h, w] images: V^T, V, U, U^T and the singular values
+    (the ``mask``) are difflab's, in difflab's padded spectral layout (a full V: every image
+    direction, measured or not)."""
+    dinv = import_deepinv()
+
+    class DifflabSVD(dinv.physics.DecomposablePhysics):
+        def V_adjoint(self, x):
+            return op.Vt(x)
+
+        def V(self, z):
+            return op.V(z)
+
+        def U(self, z):
+            return op.U(z)
+
+        def U_adjoint(self, y):
+            return op.Ut(y)
+
+    probe = torch.zeros(1, c, h, w)
+    mask = (op.singulars(probe) * torch.ones_like(op.Vt(probe))).clone()
+    return DifflabSVD(mask=mask, **kw)
+
+
 def deepinv_physics(task, sigma01: float, fold: bool = False):
     """deepinv's own operator for ``task`` (``restoration_quality.Task``), with the same A as
-    difflab's measurement: Inpainting (the same masks), Denoising, BlurFFT (difflab's periodic
-    Gaussian kernel, checked to give the same A x); super-resolution wraps difflab's ``Downsample``
-    SVD as a ``DecomposablePhysics`` (deepinv's ``Downsampling`` has no SVD, which DDRM needs).
-    Noise model: GaussianNoise(sigma01) for noisy tasks, deepinv's default (ZeroNoise) otherwise.
-    ``fold``: the batch is folded into channels (one image of N channels)."""
+    difflab's measurement: Inpainting (the same masks, each over all channels), Denoising, BlurFFT
+    (difflab's periodic Gaussian kernel, checked to give the same A x); super-resolution and
+    colorization wrap difflab's ``Downsample`` / ``Grayscale`` SVD (``svd_physics``): deepinv's
+    ``Downsampling`` has no SVD, which DDRM needs, and its ``Decolorize`` (srf "flat" gives the
+    same A x, the channel mean) has a thin SVD (V: the measured direction only), with which
+    deepinv's DDRM never samples the unmeasured colour directions and ``prox_l2`` (DiffPIR's data
+    step) drops them. Noise model: GaussianNoise(sigma01) for noisy tasks, deepinv's default
+    (ZeroNoise) otherwise. ``fold``: the batch is folded into channels (one image of N x C
+    channels)."""
     dinv = import_deepinv()
     noise = dinv.physics.GaussianNoise(sigma=sigma01) if sigma01 > 0 else None
     kw = {} if noise is None else {"noise_model": noise}
     n, c, h, w = task.x01.shape
     if task.kind == "inpaint":
-        mask = task.known.float()
+        # per image [N, 1, H, W] -> [N, C, H, W]: deepinv's DDRM indexes y by the mask's shape
+        mask = task.known.float().expand(n, c, h, w)
         if (mask == mask[:1]).all():
             mask = mask[:1]  # one mask for the batch (deepinv's DDRM repeats it per image)
         elif fold:
             mask = mask.reshape(1, n * c, h, w)
-        return dinv.physics.Inpainting(img_size=tuple(mask.shape[1:]), mask=mask, **kw)
+        return dinv.physics.Inpainting(img_size=tuple(mask.shape[1:]), mask=mask.contiguous(),
+                                       **kw)
     if task.kind == "denoise":
         return dinv.physics.Denoising(**kw)
     if task.kind == "deblur":
         kernel = task.operator.kernel(h, w, torch.float32)
         filt = torch.roll(kernel, (h // 2, w // 2), (0, 1))[None, None]
         return dinv.physics.BlurFFT(img_size=(c, h, w), filter=filt, **kw)
-    if task.kind == "sr":
-        op = task.operator
-
-        class DownsampleSVD(dinv.physics.DecomposablePhysics):
-            def V_adjoint(self, x):
-                return op.Vt(x)
-
-            def V(self, z):
-                return op.V(z)
-
-            def U(self, z):
-                return op.U(z)
-
-            def U_adjoint(self, y):
-                return op.Ut(y)
-
-        probe = torch.zeros(1, c, h, w)
-        mask = (op.singulars(probe) * torch.ones_like(op.Vt(probe))).clone()
-        return DownsampleSVD(mask=mask, **kw)
+    if task.kind in ("sr", "colorize"):
+        return svd_physics(task.operator, c, h, w, **kw)
     raise ValueError(f"no deepinv operator for task kind {task.kind!r}")
 
 
@@ -289,7 +345,8 @@ def run_deepinv(method: str, task, net, y01: torch.Tensor, nfe: int, sigmas_pm, 
     - DDRM (``deepinv.sampling.DDRM``, eta = 0.85, etab = 1 defaults): ``sigmas`` = the first
       ``nfe`` levels of difflab's grid (without its final 0) in [0, 1] units; it evaluates the
       denoiser once per level and returns the last denoised estimate. It reads one mask for the
-      whole batch, so per-image masks are run with the batch folded into the channel axis.
+      whole batch, so per-image masks are run with the batch folded into the channel axis
+      (N images of C channels: one image of N x C channels, each image's mask over its C).
     - DiffPIR (``deepinv.sampling.DiffPIR``, defaults zeta = 0.1, lambda = 7; its own linear-beta
       DDPM schedule): ``max_iter = nfe``; L2 data fidelity.
     - DPS (``deepinv.sampling.DPS``, defaults: VP SDE, DDPM solver, weight 1, residual-norm
@@ -298,7 +355,7 @@ def run_deepinv(method: str, task, net, y01: torch.Tensor, nfe: int, sigmas_pm, 
     torch.manual_seed(seed)
     if method == "ddrm":
         fold = per_image_mask
-        n, c, h, w = y01.shape
+        n, c, h, w = task.x01.shape  # the images' shape (y01's differs for sr and colorize)
         physics = deepinv_physics(task, task.sigma01, fold=fold)
         den = deepinv_denoiser(net, channels=c)
         sigmas = [float(s) / 2 for s in sigmas_pm[:nfe]]
@@ -307,7 +364,7 @@ def run_deepinv(method: str, task, net, y01: torch.Tensor, nfe: int, sigmas_pm, 
         out = solver(y, physics)
         return out.reshape(n, c, h, w) if fold else out
     physics = deepinv_physics(task, task.sigma01)
-    den = deepinv_denoiser(net)
+    den = deepinv_denoiser(net, channels=task.x01.shape[1])
     if method == "diffpir":
         solver = dinv.sampling.DiffPIR(model=den, data_fidelity=dinv.optim.data_fidelity.L2(),
                                        max_iter=nfe)

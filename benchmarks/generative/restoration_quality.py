@@ -1,12 +1,16 @@
-"""Restoration quality at <= 100 NFE on MNIST, in one run: difflab's solvers against classical
-restorers, deepinv's DDRM / DiffPIR / DPS and diffusers' RePaint, all on the same images, the
-same masks and the same measurement noise, the diffusion methods all driven by the same trained
-network (issue 14, "Quality at <= 100 NFE" and "Speed").
+"""Restoration quality at <= 100 NFE on MNIST or CIFAR-10, in one run: difflab's solvers against
+classical restorers, deepinv's DDRM / DiffPIR / DPS and diffusers' RePaint, all on the same
+images, the same masks and the same measurement noise, the diffusion methods all driven by the
+same trained network (issue 14, "Quality at <= 100 NFE" and "Speed").
 
     python benchmarks/generative/restoration_quality.py RUN [--n 1000] [--nfe 10] [--out r.json]
+    python benchmarks/generative/restoration_quality.py CIFAR_RUN --data cifar10 [--n 1000] ...
 
-RUN is a trained MNIST run (the main recipe's, e.g. /work/baseline/mainjob), loaded with
-``difflab.load`` (EMA weights, the run's precision, applied to every method's network call).
+RUN is a trained run of the ``--data`` set (default mnist; the main recipe's, e.g.
+/work/baseline/mainjob; for cifar10 the CIFAR-10 recipe's, e.g. /work/runs/cifar/recipe-60min-g2,
+3 x 32 x 32), loaded with ``difflab.load`` (EMA weights, the run's precision, applied to every
+method's network call); a run of another shape is refused. Class-conditional runs restore
+unconditionally (cond = None: the null label the run learnt with label dropout).
 Task subsets can run as parallel processes (``--tasks``, one ``--out`` each; masks and noise
 depend only on the seed and the task) and be joined with ``--merge a.json b.json ...``.
 
@@ -17,38 +21,50 @@ in a venv with the CPU torch):
     pip install "torch==2.13.0" einops natsort h5py torchmetrics && pip install --no-deps deepinv
     pip install --no-deps --target .venv/bench-torchvision torchvision==0.28.0
 
-Images: the first ``--n`` MNIST test images, x in [0, 1]. Tasks (noise std in [0, 1] pixel units,
-the CLI's convention; difflab's operators get 2x that in the model's [-1, 1] units):
-  inpaint-box   the central 14 x 28 box unknown (rows 7-20, all columns: half the pixels),
-                noiseless
+Images: the first ``--n`` test images of the data set, x in [0, 1]. Tasks (noise std in [0, 1]
+pixel units, the CLI's convention; difflab's operators get 2x that in the model's [-1, 1] units;
+masks are per pixel, over all channels):
+  inpaint-box   the central box of half the rows unknown (rows h/4 .. 3h/4 - 1, all columns:
+                MNIST rows 7-20, CIFAR-10 rows 8-23; half the pixels), noiseless
   inpaint-80    80% of the pixels unknown, an independent random mask per image, noiseless
-  sr-x2         2 x 2 average pooling, 14 x 14 -> 28 x 28, noiseless
+  sr-x2         (MNIST) 2 x 2 average pooling, 14 x 14 -> 28 x 28, noiseless
+  sr-x4         (CIFAR-10) 4 x 4 average pooling, 8 x 8 -> 32 x 32, noiseless
   denoise-0.2   identity, sigma = 0.2
   denoise-0.5   identity, sigma = 0.5
   deblur        the CLI's default: circular Gaussian blur of std 1 pixel, sigma = 1 / (255 sqrt 12)
                 (8-bit rounding noise, ``difflab.restoration.tasks.QUANTIZATION_SIGMA``)
-Colorization needs a colour model (CIFAR-10) and is not run on MNIST.
+  colorize      (CIFAR-10) y = the mean of the three channels (``Grayscale(3)``), noiseless
+MNIST runs the first six, CIFAR-10 inpaint-box, inpaint-80, sr-x4, denoise-0.2, denoise-0.5,
+deblur and colorize (``DATA_TASKS``).
 
 Methods (NFE = network evaluations per image, counted by a wrapper, not assumed):
   difflab DDNM (DDNM+ when noisy), DDRM (eta 0.85), PiGDM (one VJP per step), RePaint (U = 1,
-      inpainting tasks): the Karras grid of the run (80 -> 0.002), ``--nfe`` steps, defaults
+      inpainting tasks): the Karras grid of the run (80 -> 0.002), ``--nfe`` steps, defaults;
+  difflab DDNM mean, PiGDM mean: the mean of 10 such draws (``restore_mean``, an estimate of the
+      posterior mean E[x | y]), 10 x ``--nfe`` network evaluations (``--nfe 10``: 100)
   deepinv DDRM, DiffPIR, DPS: ``restoration_peers.run_deepinv`` (deepinv's defaults, its own
-      physics operators)
+      physics operators; SR and colorization: difflab's SVD as a ``DecomposablePhysics``, since
+      deepinv's ``Downsampling`` has none and ``Decolorize``'s is thin)
   diffusers RePaint: ``RePaintPipeline`` at equal NFE (steps = NFE, no resampling, its default
       eta = 0), and at its defaults (250 steps, j = 10, r = 10: 2,410 NFE) on the first
       ``--repaint-default-n`` images only (it costs 2,410 network calls per image)
   classical: bicubic (SR); OpenCV Telea and Navier-Stokes, scikit-image biharmonic (inpainting);
       non-local means, TV, BM3D with the true sigma (denoising); Wiener and Richardson-Lucy
-      (deblurring). Their free parameters (NLM h, TV weight, Wiener balance, RL iterations,
-      inpainting radius) are chosen by PSNR on 50 MNIST *training* images.
-  A^+ y: the pseudo-inverse (reference; for denoising, the noisy input itself).
+      (deblurring); none for colorization. Their free parameters (NLM h, TV weight, Wiener
+      balance, RL iterations, inpainting radius) are chosen by PSNR on 50 *training* images of
+      the data set. Colour (``restoration_peers``): OpenCV on 8-bit RGB, biharmonic, NLM and TV
+      with ``channel_axis``, BM3D as ``bm3d_rgb``, bicubic, Wiener and RL per channel.
+  A^+ y: the pseudo-inverse (reference; for denoising, the noisy input itself; for colorization,
+      the gray image in all three channels).
 
-Metrics: PSNR and SSIM (scikit-image ``structural_similarity``, data_range 1) per image, averaged;
-FID with difflab's MNIST features of the N restorations against the MNIST test split
-(``difflab.evaluation.evaluate_images``, the project's FID); s/image = wall time / N.
+Metrics: PSNR and SSIM (scikit-image ``structural_similarity``, data_range 1, colour with
+``channel_axis``) per image, averaged; FID with difflab's features of the data set (MNIST or
+CIFAR-10 classifier) of the N restorations against its test split (``difflab.evaluation.
+evaluate_images``, the project's FID); s/image = wall time / N.
 
-Speed: difflab DDNM and DDRM against deepinv DDRM and DiffPIR at equal NFE, on the same batch,
-interleaved in one process (``--speed-reps`` rounds, order rotated each round), medians and ratios.
+Speed: difflab DDNM and DDRM against deepinv DDRM and DiffPIR at equal NFE, on the same batch
+(``--speed-tasks``, default inpaint-box, denoise-0.2 and the data set's sr task), interleaved
+in one process (``--speed-reps`` rounds, order rotated each round), medians and ratios.
 """
 from __future__ import annotations
 
@@ -68,14 +84,24 @@ import restoration_peers as peers  # noqa: E402
 
 from difflab.device import autocast  # noqa: E402
 from difflab.diffusion.generation import model_sigmas  # noqa: E402
-from difflab.restoration import Blur, Downsample, Identity, Inpainting, get_solver  # noqa: E402
+from difflab.restoration import (Blur, Downsample, Grayscale, Identity, Inpainting,  # noqa: E402
+                                 get_solver, restore_mean)
 from difflab.restoration.tasks import QUANTIZATION_SIGMA  # noqa: E402
 
-TASKS = ("inpaint-box", "inpaint-80", "sr-x2", "denoise-0.2", "denoise-0.5", "deblur")
+# every task; its index seeds its masks and noise (new tasks go at the end)
+TASKS = ("inpaint-box", "inpaint-80", "sr-x2", "denoise-0.2", "denoise-0.5", "deblur",
+         "sr-x4", "colorize")
+DATA_TASKS = {"mnist": TASKS[:6],
+              "cifar10": ("inpaint-box", "inpaint-80", "sr-x4", "denoise-0.2", "denoise-0.5",
+                          "deblur", "colorize")}
+SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}  # data set -> (channels, size)
+MEAN_DRAWS = 10  # "difflab X mean": the mean of 10 draws (restore_mean), 10 x the NFE
 DIFFUSION = ("difflab DDNM", "difflab DDRM", "difflab PiGDM", "difflab RePaint",
+             "difflab DDNM mean", "difflab PiGDM mean",
              "deepinv DDRM", "deepinv DiffPIR", "deepinv DPS", "diffusers RePaint")
 CLASSICAL = {"inpaint": ("OpenCV Telea", "OpenCV NS", "biharmonic"), "sr": ("bicubic",),
-             "denoise": ("NLM", "TV", "BM3D"), "deblur": ("Wiener", "Richardson-Lucy")}
+             "denoise": ("NLM", "TV", "BM3D"), "deblur": ("Wiener", "Richardson-Lucy"),
+             "colorize": ()}
 
 
 class SharedNet:
@@ -101,9 +127,9 @@ class SharedNet:
 @dataclass
 class Task:
     name: str
-    kind: str            # inpaint | sr | denoise | deblur
+    kind: str            # inpaint | sr | denoise | deblur | colorize
     operator: object     # difflab operator in [-1, 1] units
-    x01: torch.Tensor    # ground truth [N, 1, H, W] in [0, 1]
+    x01: torch.Tensor    # ground truth [N, C, H, W] in [0, 1]
     y_pm: torch.Tensor   # measurement in [-1, 1] units (what difflab's solvers take)
     y01: torch.Tensor    # the same measurement in [0, 1] units: (y_pm + A 1) / 2
     sigma01: float       # noise std in [0, 1] units
@@ -123,14 +149,17 @@ def make_task(name: str, x01: torch.Tensor, seed: int) -> Task:
     elif name == "inpaint-80":
         known = torch.rand(n, 1, h, w, generator=g) >= 0.8
         op, kind = Inpainting(known), "inpaint"
-    elif name == "sr-x2":
-        op, kind, factor = Downsample(2), "sr", 2
+    elif name in ("sr-x2", "sr-x4"):
+        factor = int(name[4:])
+        op, kind = Downsample(factor), "sr"
     elif name.startswith("denoise-"):
         sigma01 = float(name.split("-")[1])
         op, kind = Identity(sigma_y=2 * sigma01), "denoise"
     elif name == "deblur":
         sigma01 = QUANTIZATION_SIGMA
         op, kind = Blur(std=1.0, sigma_y=2 * sigma01), "deblur"
+    elif name == "colorize":
+        op, kind = Grayscale(c), "colorize"
     else:
         raise ValueError(f"unknown task {name!r} (choose from {', '.join(TASKS)})")
     x_pm = x01 * 2 - 1
@@ -160,7 +189,8 @@ def run_diffusion(method, task: Task, net: SharedNet, nfe: int, seed: int):
     if method.startswith("difflab"):
         solver = get_solver(method.split()[1].lower())
         g = torch.Generator().manual_seed(seed)
-        x = solver(net, task.y_pm, task.operator, sigmas, generator=g)
+        draws = MEAN_DRAWS if method.endswith(" mean") else 1
+        x = restore_mean(solver, draws, net, task.y_pm, task.operator, sigmas, generator=g)
         return ((x.clamp(-1, 1) + 1) / 2).detach()
     if method.startswith("deepinv"):
         per_image = task.known is not None and task.known.shape[0] > 1 and \
@@ -193,30 +223,36 @@ def psnr(out01, x01) -> np.ndarray:
 
 
 def ssim(out01, x01) -> np.ndarray:
+    """Per image; colour: scikit-image's mean over channels (``channel_axis=0``)."""
     from skimage.metrics import structural_similarity
 
+    if x01.shape[1] > 1:
+        return np.array([structural_similarity(a.numpy(), b.numpy(), data_range=1.0,
+                                               channel_axis=0)
+                         for a, b in zip(out01.double(), x01.double())])
     return np.array([structural_similarity(a[0].numpy(), b[0].numpy(), data_range=1.0)
                      for a, b in zip(out01.double(), x01.double())])
 
 
-def fid(out01, data_dir) -> float:
+def fid(out01, data_dir, data="mnist") -> float:
+    """FID with difflab's features of ``data`` against its test split."""
     from difflab.evaluation.evaluate import evaluate_images
 
-    return float(evaluate_images(out01 * 2 - 1, "mnist-test", data_dir, kid_subsets=10)["fid"])
+    return float(evaluate_images(out01 * 2 - 1, f"{data}-test", data_dir, kid_subsets=10)["fid"])
 
 
-def score(out01, task: Task, data_dir, with_fid=True) -> dict:
+def score(out01, task: Task, data_dir, with_fid=True, data="mnist") -> dict:
     p, s = psnr(out01, task.x01), ssim(out01, task.x01)
     row = {"psnr": float(p.mean()), "ssim": float(s.mean()), "psnr_per_image": p.tolist(),
            "ssim_per_image": s.tolist()}
     if with_fid:
-        row["fid"] = fid(out01, data_dir)
+        row["fid"] = fid(out01, data_dir, data)
     return row
 
 
 # ----- driver ----------------------------------------------------------------------------------
 def run_method(method, task: Task, net, nfe, batch, seed, params):
-    """(images [N, 1, H, W] in [0, 1], NFE per image, VJPs per image, seconds)."""
+    """(images [N, C, H, W] in [0, 1], NFE per image, VJPs per image, seconds)."""
     if method not in DIFFUSION and not method.startswith("diffusers"):
         out, seconds = peers.timed(peers.run_classical, method, task, params)
         return out, 0, 0, seconds
@@ -245,7 +281,8 @@ def run_task(name, x01, train01, net, args, methods):
             out, calls, vjps, seconds = run_method(method, task, net, nfe, args.batch,
                                                    args.seed, params)
             row = {"method": method, "nfe": calls, "vjp": vjps, "params": params,
-                   "seconds_per_image": seconds / len(x01), **score(out, task, args.data_dir)}
+                   "seconds_per_image": seconds / len(x01),
+                   **score(out, task, args.data_dir, data=args.data)}
             rows[f"{method} @ {nfe}" if nfe else method] = row
             print(f"  {method:<30} NFE {calls:>4}  PSNR {row['psnr']:6.2f}  SSIM {row['ssim']:.3f}"
                   f"  FID {row['fid']:7.2f}  {row['seconds_per_image']:.4f} s/image", flush=True)
@@ -255,7 +292,8 @@ def run_task(name, x01, train01, net, args, methods):
         out, calls, _, seconds = run_method("diffusers RePaint (defaults)", sub, net, 0, args.batch,
                                             args.seed, {})
         row = {"method": "diffusers RePaint (defaults)", "nfe": calls, "vjp": 0, "n": k,
-               "seconds_per_image": seconds / k, **score(out, sub, args.data_dir, with_fid=False)}
+               "seconds_per_image": seconds / k,
+               **score(out, sub, args.data_dir, with_fid=False, data=args.data)}
         rows["diffusers RePaint (defaults)"] = row
         print(f"  {row['method']:<30} NFE {calls:>4}  PSNR {row['psnr']:6.2f}  SSIM {row['ssim']:.3f}"
               f"  (first {k} images)  {row['seconds_per_image']:.3f} s/image", flush=True)
@@ -314,8 +352,9 @@ def speed(x01, net, args) -> dict:
 
 
 def acceptance(tasks) -> str:
-    """Per task: difflab's best (by FID, by PSNR) against the best classical method, difflab's
-    DDRM against deepinv's, and difflab's best against diffusers' RePaint at equal NFE."""
+    """Per task: difflab's best (by FID, by PSNR) against the best classical method (A^+ y where
+    there is none: colorization), difflab's DDRM against deepinv's, and difflab's best against
+    diffusers' RePaint at equal NFE."""
     def best(rows, names, key, sign):
         found = [(sign * r[key], k.split(" @ ")[0]) for k, r in rows.items()
                  if "fid" in r and k.split(" @ ")[0] in names]
@@ -326,11 +365,11 @@ def acceptance(tasks) -> str:
              "|---|---|---|---|---|"]
     ours = [m for m in DIFFUSION if m.startswith("difflab")]
     for name, rows in tasks.items():
-        kind = make_kind(name)
+        classical = CLASSICAL[make_kind(name)] or ("A^+ y",)
         f_us, f_us_m = best(rows, ours, "fid", 1)
-        f_cl, f_cl_m = best(rows, CLASSICAL[kind], "fid", 1)
+        f_cl, f_cl_m = best(rows, classical, "fid", 1)
         p_us, p_us_m = best(rows, ours, "psnr", -1)
-        p_cl, p_cl_m = best(rows, CLASSICAL[kind], "psnr", -1)
+        p_cl, p_cl_m = best(rows, classical, "psnr", -1)
         cells = [f"{f_us:.2f} ({f_us_m}) / {f_cl:.2f} ({f_cl_m}): "
                  f"{'better' if f_us < f_cl else 'worse'}",
                  f"{p_us:.2f} ({p_us_m}) / {p_cl:.2f} ({p_cl_m}): "
@@ -349,8 +388,8 @@ def acceptance(tasks) -> str:
 
 
 def make_kind(name: str) -> str:
-    return {"inpaint": "inpaint", "sr": "sr", "denoise": "denoise", "deblur": "deblur"}[
-        name.split("-")[0]]
+    return {"inpaint": "inpaint", "sr": "sr", "denoise": "denoise", "deblur": "deblur",
+            "colorize": "colorize"}[name.split("-")[0]]
 
 
 def speed_table(res) -> str:
@@ -372,20 +411,25 @@ def main():
     from difflab.data import load_pixels
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", metavar="RUN", nargs="?", help="a trained MNIST run directory")
-    parser.add_argument("--n", type=int, default=1000, help="MNIST test images (the first N)")
+    parser.add_argument("run", metavar="RUN", nargs="?",
+                        help="a trained run directory of the --data set")
+    parser.add_argument("--data", choices=tuple(DATA_TASKS), default="mnist",
+                        help="data set: its test images, tasks, training images for tuning, FID")
+    parser.add_argument("--n", type=int, default=1000, help="test images (the first N)")
     parser.add_argument("--nfe", type=int, nargs="+", default=[10],
                         help="network evaluations per image for the diffusion methods (<= 100)")
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS,
-                        help="tasks to run (none: only the speed comparison)")
+    parser.add_argument("--tasks", nargs="*", default=None, choices=TASKS,
+                        help="tasks to run (default: all of the data set's; none: only the speed "
+                             "comparison)")
     parser.add_argument("--methods", nargs="+", default=list(DIFFUSION), choices=DIFFUSION)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repaint-default-n", type=int, default=5,
                         help="images for diffusers RePaint at its default settings (2,410 NFE)")
-    parser.add_argument("--speed-tasks", nargs="*", default=["inpaint-box", "denoise-0.2", "sr-x2"],
-                        choices=TASKS)
+    parser.add_argument("--speed-tasks", nargs="*", default=None, choices=TASKS,
+                        help="default: inpaint-box, denoise-0.2 and the data set's sr task "
+                             "(none: no speed comparison)")
     parser.add_argument("--speed-n", type=int, default=50)
     parser.add_argument("--speed-nfe", type=int, default=10)
     parser.add_argument("--speed-reps", type=int, default=15)
@@ -399,18 +443,37 @@ def main():
         return merge(args.merge, args.out)
     if args.run is None:
         parser.error("give RUN (or --merge)")
-    if max(args.nfe) > 100:
-        parser.error("--nfe: at most 100")
+    allowed = DATA_TASKS[args.data]
+    if args.tasks is None:
+        args.tasks = list(allowed)
+    if args.speed_tasks is None:
+        args.speed_tasks = ["inpaint-box", "denoise-0.2",
+                            "sr-x2" if args.data == "mnist" else "sr-x4"]
+    wrong = [t for t in [*args.tasks, *args.speed_tasks] if t not in allowed]
+    if wrong:
+        parser.error(f"{', '.join(wrong)}: not a {args.data} task "
+                     f"(choose from {', '.join(allowed)})")
+    means = [m for m in args.methods if m.endswith(" mean")]
+    if max(args.nfe) * (MEAN_DRAWS if means else 1) > 100:
+        parser.error(f"--nfe: at most 100 network evaluations per image ({', '.join(means) or 'x'} "
+                     f"use {MEAN_DRAWS} x --nfe)")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model = difflab.load(args.run)
+    channels, size = SHAPES[args.data]
+    if (model.shape.channels, tuple(model.shape.size)) != (channels, (size, size)):
+        raise SystemExit(f"{args.run}: a model of {model.shape.channels} x "
+                         f"{' x '.join(map(str, model.shape.size))} images, not {args.data}'s "
+                         f"{channels} x {size} x {size} (give --data to match the run)")
     net = SharedNet(model)
-    x01 = (torch.from_numpy(load_pixels("mnist", args.data_dir, "test")[0][:args.n]).float() / 255)
-    train01 = torch.from_numpy(load_pixels("mnist", args.data_dir, "train")[0][:50]).float() / 255
+    x01 = (torch.from_numpy(load_pixels(args.data, args.data_dir, "test")[0][:args.n]).float()
+           / 255)
+    train01 = torch.from_numpy(load_pixels(args.data, args.data_dir, "train")[0][:50]).float() / 255
     versions = versions_of()
-    print(f"{model}\n{len(x01)} MNIST test images, NFE {args.nfe}, {torch.get_num_threads()} "
+    label = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[args.data]
+    print(f"{model}\n{len(x01)} {label} test images, NFE {args.nfe}, {torch.get_num_threads()} "
           f"thread(s); {versions}", flush=True)
-    clean = fid(x01, args.data_dir)
+    clean = fid(x01, args.data_dir, args.data)
     print(f"FID of the {len(x01)} clean test images themselves (floor): {clean:.2f}", flush=True)
     results = {"config": {**vars(args), "model": repr(model), "versions": versions},
                "clean_fid": clean, "tasks": {}}
@@ -431,8 +494,8 @@ def main():
 
 
 def report(results) -> None:
-    n = results["config"]["n"]
-    print(f"\n### Quality ({n} images; FID of the clean images themselves: "
+    n, data = results["config"]["n"], results["config"].get("data", "mnist")
+    print(f"\n### Quality ({n} {data} images; FID of the clean images themselves: "
           f"{results['clean_fid']:.2f})\n")
     for name, rows in results["tasks"].items():
         print(table(name, rows) + "\n")
@@ -444,22 +507,25 @@ def report(results) -> None:
 
 
 def merge(paths, out=None) -> None:
-    """One report from several JSON files of the same configuration (say, task subsets run in
-    parallel): tasks and speed results joined, wall time = the longest."""
+    """One report from several JSON files of the same configuration (say, task subsets or method
+    subsets run in parallel): rows and speed results joined (a row in a later file replaces the
+    same row of an earlier one), wall time = the longest."""
     runs = []
     for path in paths:
         with open(path) as fh:
             runs.append(json.load(fh))
-    keys = ("n", "nfe", "seed", "batch", "run")
+    keys = ("n", "nfe", "seed", "batch", "run", "data")
     for r in runs[1:]:
-        diff = [k for k in keys if r["config"][k] != runs[0]["config"][k]]
+        diff = [k for k in keys if r["config"].get(k, "mnist" if k == "data" else None)
+                != runs[0]["config"].get(k, "mnist" if k == "data" else None)]
         if diff:
             raise SystemExit(f"{paths[0]} and another file differ in {', '.join(diff)}")
     merged = {"config": runs[0]["config"], "clean_fid": runs[0]["clean_fid"], "tasks": {},
               "speed": {}, "wall_seconds": max(r["wall_seconds"] for r in runs),
               "merged_from": list(paths)}
     for r in runs:
-        merged["tasks"].update(r["tasks"])
+        for task, rows in r["tasks"].items():
+            merged["tasks"].setdefault(task, {}).update(rows)
         merged["speed"].update(r["speed"])
     merged["tasks"] = {t: merged["tasks"][t] for t in TASKS if t in merged["tasks"]}
     report(merged)

@@ -22,7 +22,7 @@ from difflab.device import autocast
 from difflab.diffusion.generation import model_sigmas
 from difflab.diffusion.guidance import guided
 from difflab.restoration.operators import Blur, Downsample, Grayscale, Identity, Inpainting
-from difflab.restoration.solvers import get_solver, restore_sdedit
+from difflab.restoration.solvers import get_solver, restore_mean, restore_sdedit
 
 TASKS = ("inpaint", "upscale", "denoise", "deblur", "colorize", "edit")
 DEFAULT_STEPS = 50
@@ -92,11 +92,14 @@ def make_operator(task: str, model_shape, y: torch.Tensor, *, mask=None, factor=
 @torch.no_grad()
 def restore(model, images: torch.Tensor, task: str, *, method: str | None = None,
             steps: int | None = None, seed: int = 0, class_label: int | None = None,
-            guidance: float | None = None, strength: float = 0.5, **task_options) -> torch.Tensor:
+            guidance: float | None = None, strength: float = 0.5, draws: int = 1,
+            **task_options) -> torch.Tensor:
     """Restore ``images`` (float [N, C, H, W] in [0, 1]) with a loaded ``difflab.runs.Model``;
     returns [N, C', H', W'] in [0, 1]. ``task_options``: mask= (inpaint), factor= (upscale),
     sigma= (denoise), kernel= (deblur). Class-conditional models restore unconditionally unless
-    ``class_label`` is given (then with the run's guidance, or ``guidance``)."""
+    ``class_label`` is given (then with the run's guidance, or ``guidance``). ``draws`` > 1
+    returns the mean of that many restorations (``restore_mean``: a posterior-mean estimate,
+    higher PSNR, blurrier where the measurement leaves the image uncertain; not for edit)."""
     if task not in TASKS:
         raise ValueError(f"unknown restoration task {task!r} (choose from {', '.join(TASKS)})")
     images = torch.as_tensor(images, dtype=torch.float32)
@@ -122,12 +125,15 @@ def restore(model, images: torch.Tensor, task: str, *, method: str | None = None
                                  f"{shape.channels}")
             if method not in (None, "sdedit"):
                 raise ValueError(f"edit uses method sdedit, not {method!r}")
+            if draws != 1:
+                raise ValueError(f"draws={draws}: edit returns one edit per image")
             x = restore_sdedit(denoiser, y, sigmas, strength, cond=cond, generator=generator)
         else:
             operator, out_shape = make_operator(task, shape, y, **task_options)
             check_size(model, out_shape)
             solver = get_solver(method or "ddnm")
-            x = solver(denoiser, y, operator, sigmas, cond=cond, generator=generator)
+            x = restore_mean(solver, draws, denoiser, y, operator, sigmas, cond=cond,
+                             generator=generator)
     x = x.float()
     if not torch.isfinite(x).all():
         raise ValueError("the restoration produced NaN or inf (check the weights and guidance)")
