@@ -211,3 +211,20 @@ def test_class_conditional_training_and_guided_sampling(tmp_path):
                      "--out", tmp_path / "three.png", "--npz", tmp_path / "three.npz")
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "three.npz")["samples"].shape == (6, 1, 8, 8)
+
+
+def test_resume_without_new_steps_records_a_changed_sample_section(tmp_path):
+    """--resume with only the sample section changed and no step left to train rewrites the
+    checkpoint's config (the guidance the run's report and `difflab sample` then use); an
+    unchanged resume leaves the checkpoint alone."""
+    from difflab.training.train import train
+
+    config = tiny_config(tmp_path / "run", steps=3)
+    train(config)
+    info, _ = read_checkpoint(tmp_path / "run")
+    train(config, resume=True)
+    assert read_checkpoint(tmp_path / "run")[0] == info
+    update(config, parse_overrides(["sample.guidance=3.5"]))
+    train(validate(config), resume=True)
+    info2, _ = read_checkpoint(tmp_path / "run")
+    assert info2["step"] == 3 and info2["config"]["sample"]["guidance"] == 3.5

@@ -187,7 +187,10 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{out / INDEX}: cannot restore the training state "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})") from None
-        saved_step, last_checkpoint = step, out / INDEX
+        # a resume that changes the loop or sample section rewrites the checkpoint at the end,
+        # even if it trains no further step: what reads the run (finish, sample) sees the new one
+        saved_step = step if saved_config.to_dict() == config.to_dict() else None
+        last_checkpoint = out / INDEX
         distributed.on_main(_truncate_log, out / "metrics.jsonl", step)
     distributed.on_main((out / "config.json").write_text, json.dumps(config.to_dict(), indent=2))
 
