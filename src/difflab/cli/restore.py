@@ -18,6 +18,7 @@ RESTORE_HELP = {"inpaint": "fill the pixels a mask marks black",
 def add_restore_parsers(sub) -> None:
     """``difflab inpaint|upscale|denoise|deblur|colorize|edit RUN IMAGE ...``."""
     from difflab.restoration.solvers import SOLVERS
+    from difflab.restoration.tasks import DEFAULT_METHOD
 
     for task, help_text in RESTORE_HELP.items():
         p = sub.add_parser(task, help=help_text, description=f"{help_text[0].upper()}"
@@ -41,8 +42,8 @@ def add_restore_parsers(sub) -> None:
             p.add_argument("--strength", type=float, default=0.5,
                            help="how far to noise the image, 0 (unchanged) to 1 (a new sample)")
         else:
-            p.add_argument("--method", choices=list(SOLVERS), default="ddnm",
-                           help="solver (default ddnm)")
+            p.add_argument("--method", choices=list(SOLVERS), default=None,
+                           help=f"solver (default {DEFAULT_METHOD[task]})")
             p.add_argument("--draws", type=int, default=1, help="average this many restorations "
                            "(a posterior-mean estimate: higher PSNR, blurrier where uncertain; "
                            "draws x the time; default 1)")
