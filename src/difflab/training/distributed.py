@@ -8,7 +8,8 @@ one-process case (rank 0 of 1, no communication), so single-process runs take th
 
 | function      | role                                                                        |
 |---------------|-----------------------------------------------------------------------------|
-| wrap          | DistributedDataParallel around the network: gradients averaged over ranks  |
+| wrap          | DistributedDataParallel around the network (parameters broadcast from rank 0) |
+| local_gradients, average_gradients | backward without DDP's hooks, then one all-reduce |
 | on_main       | rank 0 does some I/O while the others wait; its error is raised on every rank |
 | all_mean      | a few numbers averaged over ranks, the same on every rank (stop decisions)  |
 | shard, gather | a contiguous range of n items per rank; rank 0 collects them in order      |
@@ -16,6 +17,7 @@ one-process case (rank 0 of 1, no communication), so single-process runs take th
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 
 import torch
@@ -90,6 +92,33 @@ def wrap(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return net
     return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                    forward_sync_buffers=False)
+
+
+def local_gradients(model: torch.nn.Module):
+    """Context for the forward and backward pass: DDP's ``no_sync`` (its reducer stays out of
+    the backward) for a DDP-wrapped model, nothing otherwise. Follow it with
+    :func:`average_gradients`."""
+    return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+
+
+def average_gradients(net: torch.nn.Module) -> None:
+    """Every gradient of ``net`` replaced by its mean over ranks: one all-reduce of all of them
+    flattened into one buffer, after the backward pass. It takes the place of DDP's reducer
+    (several bucket all-reduces hooked into the backward), which measured slower on this 2-core
+    CPU: 2 gloo ranks x 1 thread trained at 1.25x one process with DDP's reducer and at 1.38x
+    this way (``benchmarks/generative/ddp_speed.py``; BENCHMARKS.md, "DDP on this 2-core
+    machine"). As with DDP without ``find_unused_parameters``, every rank must give the same
+    parameters a gradient."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _broadcast_text(text: str) -> str:

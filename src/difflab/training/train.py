@@ -4,8 +4,9 @@ sample grids and atomic checkpoints. Read it top to bottom.
 One process or several (``torchrun --nproc_per_node N -m difflab train ...``, see
 ``difflab.training.distributed``): each step trains on one global batch of ``optim.batch_size``
 samples, and rank r of N computes the loss of its contiguous share (samples r*B/N .. (r+1)*B/N-1);
-DistributedDataParallel averages the gradients, so every rank takes the step one process would
-take. Every sample's randomness is a function of (run seed, step, global sample index):
+the gradients are averaged over the ranks after the backward pass (one all-reduce,
+``distributed.average_gradients``; DistributedDataParallel wraps the network), so every rank
+takes the step one process would take. Every sample's randomness is a function of (run seed, step, global sample index):
 
 - its data index: position step * B + i of the stream of data permutations, one permutation per
   epoch, seeded by (run seed, epoch) (an epoch shows every image once);
@@ -221,7 +222,7 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    # the loss runs through DistributedDataParallel (several ranks) around the same network
+    # several ranks: DistributedDataParallel around the same network (rank 0's parameters)
     model = denoiser.with_net(distributed.wrap(denoiser.net, device))
     progress = Progress(loop.steps, 60 * loop.minutes if loop.minutes else None, step) if main else None
     denoiser.train()
@@ -235,10 +236,13 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        with autocast(device, precision):
-            loss = denoising_loss(model, x0, sigma, noise, cond, diff.weighting, diff.min_snr_gamma)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # with several ranks, DDP averages the gradients here
+        with distributed.local_gradients(model.net):
+            with autocast(device, precision):
+                loss = denoising_loss(model, x0, sigma, noise, cond, diff.weighting,
+                                      diff.min_snr_gamma)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        distributed.average_gradients(denoiser.net)  # the mean over ranks (several ranks only)
         grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.net.parameters(),
                                                    opt_cfg.grad_clip or math.inf)
         optimizer.step()
