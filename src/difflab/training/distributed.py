@@ -8,8 +8,9 @@ one-process case (rank 0 of 1, no communication), so single-process runs take th
 
 | function      | role                                                                        |
 |---------------|-----------------------------------------------------------------------------|
-| wrap          | DistributedDataParallel around the network (parameters broadcast from rank 0) |
-| local_gradients, average_gradients | backward without DDP's hooks, then one all-reduce |
+| wrap          | DistributedDataParallel around the network (rank 0's parameters at start)  |
+| local_gradients | the backward pass without DDP's reducer (``no_sync``)                     |
+| average_gradients | then the gradients' mean over ranks, one all-reduce                     |
 | on_main       | rank 0 does some I/O while the others wait; its error is raised on every rank |
 | all_mean      | a few numbers averaged over ranks, the same on every rank (stop decisions)  |
 | shard, gather | a contiguous range of n items per rank; rank 0 collects them in order      |
@@ -98,7 +99,9 @@ def local_gradients(model: torch.nn.Module):
     """Context for the forward and backward pass: DDP's ``no_sync`` (its reducer stays out of
     the backward) for a DDP-wrapped model, nothing otherwise. Follow it with
     :func:`average_gradients`."""
-    return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def average_gradients(net: torch.nn.Module) -> None:

@@ -6,7 +6,8 @@ One process or several (``torchrun --nproc_per_node N -m difflab train ...``, se
 samples, and rank r of N computes the loss of its contiguous share (samples r*B/N .. (r+1)*B/N-1);
 the gradients are averaged over the ranks after the backward pass (one all-reduce,
 ``distributed.average_gradients``; DistributedDataParallel wraps the network), so every rank
-takes the step one process would take. Every sample's randomness is a function of (run seed, step, global sample index):
+takes the step one process would take. Every sample's randomness is a function of (run seed,
+step, global sample index):
 
 - its data index: position step * B + i of the stream of data permutations, one permutation per
   epoch, seeded by (run seed, epoch) (an epoch shows every image once);
