@@ -165,19 +165,22 @@ def deblur_wiener(y01, kernel: torch.Tensor, balance: float):
 
 
 def deblur_richardson_lucy(y01, kernel: torch.Tensor, iterations: int):
-    """Richardson-Lucy deconvolution (Richardson 1972; Lucy 1974), scikit-image, on the blurred
-    image clipped to [0, 1] (RL needs a nonnegative image); 9 x 9 central part of the PSF; colour
-    per channel."""
-    from skimage.restoration import richardson_lucy
+    """Richardson-Lucy deconvolution (Richardson 1972; Lucy 1974):
+    x_{k+1} = x_k K^T(y / K x_k) from the flat x_0 = 0.5 (as scikit-image starts), on the blurred
+    image clipped to [0, 1] (RL needs a nonnegative image). K is the task's own circular blur,
+    applied by FFT to the whole batch at once. (scikit-image's ``richardson_lucy`` zero-pads, a
+    mismatch with the circular blur that made RL degrade after 2 iterations on CIFAR-10; with
+    periodic padding it gives these outputs to 2e-4, at seconds per image for 1,000 iterations.)"""
+    transfer = torch.fft.fft2(kernel.double())  # the kernel is symmetric: K^T = K
 
-    psf = centred_psf(kernel)
-    c = psf.shape[0] // 2
-    psf = psf[c - 4:c + 5, c - 4:c + 5]
-    psf = psf / psf.sum()
-    def rl(channel):
-        return richardson_lucy(np.clip(channel, 0, 1), psf, num_iter=iterations, clip=False)
+    def blur(x):
+        return torch.fft.ifft2(torch.fft.fft2(x) * transfer).real
 
-    return _tensor([_per_channel(rl, img) for img in _images(y01)])
+    y = y01.double().clamp(0, 1)
+    x = torch.full_like(y, 0.5)
+    for _ in range(iterations):
+        x = x * blur(y / blur(x).clamp(min=1e-12))
+    return x.float().clamp(0, 1)
 
 
 def run_classical(method, task, params: dict):
@@ -209,11 +212,13 @@ def run_classical(method, task, params: dict):
     raise ValueError(f"unknown classical method {method!r}")
 
 
-TUNING = {"OpenCV Telea": ("radius", (1, 2, 3, 5, 8)), "OpenCV NS": ("radius", (1, 2, 3, 5, 8)),
-          "NLM": ("h", (0.4, 0.6, 0.8, 1.0, 1.2, 1.5)),
-          "TV": ("weight", (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)),
-          "Wiener": ("balance", (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)),
-          "Richardson-Lucy": ("iterations", (5, 10, 20, 30, 50, 100, 200))}
+# Grids wide enough that neither data set's pick sits at an edge (checked on MNIST and CIFAR-10).
+TUNING = {"OpenCV Telea": ("radius", (1, 2, 3, 5, 8, 12, 16, 24, 32)),
+          "OpenCV NS": ("radius", (1, 2, 3, 5, 8, 12, 16, 24, 32)),
+          "NLM": ("h", (0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5)),
+          "TV": ("weight", (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)),
+          "Wiener": ("balance", (1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)),
+          "Richardson-Lucy": ("iterations", (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500, 1000, 2000, 5000))}
 
 
 def timed(fn, *args, **kwargs):

@@ -180,7 +180,10 @@ def restore_pigdm(denoiser, y, operator, sigmas, cond=None, generator=None, call
     step (so the step follows the conditional score; the paper's Algorithm 1 instead adds
     sqrt(alpha_bar_t) g to a DDIM step on the unguided x0_hat and eps). For Gaussian data of unit
     covariance the approximation is exact, and so is the sampler (up to discretization), also for
-    noisy y."""
+    noisy y. On data whose pixels are strongly correlated, r^2 I is far below Cov[x0 | x] along the
+    smooth directions, and the guidance overshoots at few steps: CIFAR-10 colorization of 32 test
+    images scores 12.8 dB at 10 steps and 14.7 dB at 30 (DDNM: 23.6, 23.3); guidance_scale 0.2
+    gives 16.8 and 23.3. The CLI's defaults (DDNM, DDRM) do not use it."""
     eta = check_option("eta", eta, 0.0, 1.0)
     guidance_scale = check_option("guidance_scale", guidance_scale, 0.0)
     levels = check_sigmas(sigmas)

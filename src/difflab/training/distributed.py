@@ -109,8 +109,8 @@ def average_gradients(net: torch.nn.Module) -> None:
     flattened into one buffer, after the backward pass. It takes the place of DDP's reducer
     (several bucket all-reduces hooked into the backward), which measured slower on this 2-core
     CPU: 2 gloo ranks x 1 thread trained at 1.25x one process with DDP's reducer and at 1.38x
-    this way (``benchmarks/generative/ddp_speed.py``; BENCHMARKS.md, "DDP on this 2-core
-    machine"). As with DDP without ``find_unused_parameters``, every rank must give the same
+    this way, measured the same hour (``benchmarks/generative/ddp_speed.py``; BENCHMARKS.md,
+    "DDP on this 2-core machine"). As with DDP without ``find_unused_parameters``, every rank must give the same
     parameters a gradient."""
     if world_size() == 1:
         return
