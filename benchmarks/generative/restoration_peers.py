@@ -169,8 +169,9 @@ def deblur_richardson_lucy(y01, kernel: torch.Tensor, iterations: int):
     x_{k+1} = x_k K^T(y / K x_k) from the flat x_0 = 0.5 (as scikit-image starts), on the blurred
     image clipped to [0, 1] (RL needs a nonnegative image). K is the task's own circular blur,
     applied by FFT to the whole batch at once. (scikit-image's ``richardson_lucy`` zero-pads, a
-    mismatch with the circular blur that made RL degrade after 2 iterations on CIFAR-10; with
-    periodic padding it gives these outputs to 2e-4, at seconds per image for 1,000 iterations.)"""
+    mismatch with the circular blur that made RL degrade after 2 iterations on CIFAR-10; on a
+    periodically padded image it gives the same outputs to 2e-4, at seconds per image for 1,000
+    iterations.)"""
     transfer = torch.fft.fft2(kernel.double())  # the kernel is symmetric: K^T = K
 
     def blur(x):
@@ -218,7 +219,8 @@ TUNING = {"OpenCV Telea": ("radius", (1, 2, 3, 5, 8, 12, 16, 24, 32)),
           "NLM": ("h", (0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5)),
           "TV": ("weight", (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)),
           "Wiener": ("balance", (1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)),
-          "Richardson-Lucy": ("iterations", (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500, 1000, 2000, 5000))}
+          "Richardson-Lucy": ("iterations",
+                              (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500, 1000, 2000, 5000))}
 
 
 def timed(fn, *args, **kwargs):

@@ -393,8 +393,9 @@ def acceptance(tasks) -> str:
             p, _ = best(rows, ours, "psnr", -1, n)
             f, _ = best(rows, ours, "fid", 1, n)
             if p is not None:
+                both = p > rp["psnr"] and f < rp["fid"]
                 verdicts.append(f"{p:.2f} / {rp['psnr']:.2f}, {f:.2f} / {rp['fid']:.2f} ({n}): "
-                                f"{'better on both' if p > rp['psnr'] and f < rp['fid'] else 'not both'}")
+                                f"{'better on both' if both else 'not both'}")
         cells.append("; ".join(verdicts) or "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -521,8 +522,8 @@ def report(results) -> None:
 
 def merge(paths, out=None) -> None:
     """One report from several JSON files of the same configuration (say, task subsets or method
-    subsets run in parallel, or other NFE): rows and speed results joined (a row in a later file replaces the
-    same row of an earlier one), wall time = the longest."""
+    subsets run in parallel, or other NFE): rows and speed results joined (a row in a later file
+    replaces the same row of an earlier one), wall time = the longest."""
     runs = []
     for path in paths:
         with open(path) as fh:

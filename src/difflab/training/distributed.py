@@ -110,8 +110,8 @@ def average_gradients(net: torch.nn.Module) -> None:
     (several bucket all-reduces hooked into the backward), which measured slower on this 2-core
     CPU: 2 gloo ranks x 1 thread trained at 1.25x one process with DDP's reducer and at 1.38x
     this way, measured the same hour (``benchmarks/generative/ddp_speed.py``; BENCHMARKS.md,
-    "DDP on this 2-core machine"). As with DDP without ``find_unused_parameters``, every rank must give the same
-    parameters a gradient."""
+    "DDP on this 2-core machine"). As with DDP without ``find_unused_parameters``, every rank
+    must give the same parameters a gradient."""
     if world_size() == 1:
         return
     grads = [p.grad for p in net.parameters() if p.grad is not None]
