@@ -1,6 +1,7 @@
 """The README's before/after restoration pictures: one test image per task, restored by a trained
-run through the Python API with each command's default settings (DDNM, 50 steps, seed 0,
-unconditional), written as one PNG row of (input, output) pairs enlarged for viewing.
+run through the Python API with each command's default settings (its default solver, DDNM or
+DDRM, 50 steps, seed 0, unconditional), written as one PNG row of (input, output) pairs enlarged
+for viewing.
 
     python scripts/restoration_pictures.py runs/mnist --data mnist --index 0 --out docs/restoration-mnist.png
     python scripts/restoration_pictures.py runs/cifar10 --data cifar10 --index 7 --out docs/restoration-cifar10.png
