@@ -79,6 +79,14 @@ def worker(phase: str, root: Path) -> None:
         train(tiny_config(root / "part", folder=images), resume=True)
         assert cli.main(["sample", str(root / "whole"), *SAMPLE_ARGS, "--out",
                          str(root / "ddp.png"), "--npz", str(root / "ddp.npz")]) == 0
+    distributed.destroy()  # gloo's threads must end here, not at interpreter exit
+    (root / f"threads-{phase}-{rank}.txt").write_text("\n".join(native_threads()))
+
+
+def native_threads() -> list[str]:
+    """The names of this process's threads (Linux)."""
+    tasks = Path("/proc/self/task")
+    return sorted((task / "comm").read_text().strip() for task in tasks.iterdir())
 
 
 def free_port() -> int:
@@ -91,7 +99,8 @@ def torchrun(phase: str, root: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                __file__, phase, str(root)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "PYTHONFAULTHANDLER": "1"}  # a crash prints each rank's Python stack
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -143,6 +152,15 @@ def test_batch_not_divisible_and_refused_directory_fail_on_every_rank(runs):
             "ConfigError: optim.batch_size=15: must be divisible by the number of processes (2)")
     assert "already has a checkpoint" in (runs / "taken-0.txt").read_text()
     assert (runs / "taken-1.txt").read_text().startswith("ValueError: rank 0 failed (ValueError: ")
+
+
+def test_leaving_the_process_group_ends_gloos_threads(runs):
+    """torch._dynamo, imported by DDP, once kept the group alive after destroy_process_group;
+    gloo's threads then ran into interpreter exit and now and then aborted a rank (SIGABRT)."""
+    for phase in ("train", "resume"):
+        for rank in (0, 1):
+            threads = (runs / f"threads-{phase}-{rank}.txt").read_text().split()
+            assert not [t for t in threads if "gloo" in t], (phase, rank, threads)
 
 
 def test_sharded_sampling_equals_one_process(runs, tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import os
 
 import torch
@@ -66,6 +67,12 @@ def init(device: torch.device) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"run.device='{device}': torchrun runs need cpu (gloo) or cuda (nccl)")
     if not active():
+        # torch._dynamo, which DistributedDataParallel imports on first use, keeps a reference
+        # to the default process group if that exists when it is first imported; destroy() then
+        # leaves gloo's threads running into interpreter exit, where their teardown now and then
+        # aborts the process ("terminate called without an active exception"). Imported before
+        # the group exists, it holds nothing (tests/test_distributed.py checks the threads end).
+        importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(destroy)
     _comm_device = device
