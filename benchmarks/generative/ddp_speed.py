@@ -49,12 +49,10 @@ def measure_steps(config, warmup: int) -> float:
 
 def allreduce_share(config, pairs: int) -> dict:
     """Step times with and without DDP's gradient all-reduce on the same batches."""
+    from difflab.device import resolve_precision
     from difflab.diffusion.denoiser import build_denoiser
-    from difflab.diffusion.loss import denoising_loss
     from difflab.training import distributed
-    from difflab.training.train import batch_share, prepare
-
-    from difflab.device import autocast, resolve_precision
+    from difflab.training.train import batch_share, optimization_step, prepare
 
     data, shape, config = prepare(config)
     precision = resolve_precision(config.run.precision, torch.device("cpu"))[0]
@@ -66,18 +64,11 @@ def allreduce_share(config, pairs: int) -> dict:
     first = distributed.rank() * share
 
     def step(i: int, sync: bool) -> float:
-        x0, cond, sigma, noise = batch_share(data, config, None, i, first, share)
+        batch = batch_share(data, config, None, i, first, share)
         distributed.barrier()  # both ranks start together; the barrier is not timed
         started = time.perf_counter()
-        with distributed.local_gradients(model.net):  # as in train()
-            with autocast(torch.device("cpu"), precision):
-                loss = denoising_loss(model, x0, sigma, noise, cond)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        if sync:
-            distributed.average_gradients(denoiser.net)
-        torch.nn.utils.clip_grad_norm_(denoiser.net.parameters(), config.optim.grad_clip)
-        optimizer.step()
+        optimization_step(model, denoiser.net, optimizer, config, batch, torch.device("cpu"),
+                          precision, average=sync)  # train()'s step, with or without all-reduce
         return distributed.all_mean([time.perf_counter() - started])[0]
 
     for i in range(2):  # warm-up

@@ -144,6 +144,27 @@ def batch_share(data, config: TrainConfig, alpha_bar, step: int, first: int, cou
     return x0, cond, torch.cat(sigma), torch.stack(noise)
 
 
+def optimization_step(model, net: torch.nn.Module, optimizer, config: TrainConfig, batch,
+                      device: torch.device, precision: str, average: bool = True):
+    """One step on this rank's share ``batch`` = (x0, cond, sigma, noise): the weighted
+    denoising loss of ``model`` (whose ``net`` may be the DDP-wrapped ``net``), its backward
+    pass, the gradients' mean over ranks, clipping and the optimizer step. Returns (loss,
+    gradient norm). ``average=False`` leaves out the all-reduce, for measuring what it costs
+    (``benchmarks/generative/ddp_speed.py``); training always averages."""
+    x0, cond, sigma, noise = batch
+    with distributed.local_gradients(model.net):
+        with autocast(device, precision):
+            loss = denoising_loss(model, x0, sigma, noise, cond, config.diffusion.weighting,
+                                  config.diffusion.min_snr_gamma)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    if average:
+        distributed.average_gradients(net)  # the mean over ranks (several ranks only)
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip or math.inf)
+    optimizer.step()
+    return loss, grad_norm
+
+
 def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool = False) -> Path:
     """Train the model ``config`` describes in the run directory ``loop.out``; ``resume``
     continues its checkpoint, ``force`` allows a non-empty directory that is not a run. Under
@@ -237,16 +258,8 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        with distributed.local_gradients(model.net):
-            with autocast(device, precision):
-                loss = denoising_loss(model, x0, sigma, noise, cond, diff.weighting,
-                                      diff.min_snr_gamma)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        distributed.average_gradients(denoiser.net)  # the mean over ranks (several ranks only)
-        grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.net.parameters(),
-                                                   opt_cfg.grad_clip or math.inf)
-        optimizer.step()
+        loss, grad_norm = optimization_step(model, denoiser.net, optimizer, config,
+                                            (x0, cond, sigma, noise), device, precision)
         step += 1
         ema.update(denoiser.net, batch, step * batch)
         # the global batch's loss and the step's wall time, the same on every rank
