@@ -27,7 +27,9 @@ def files(tmp_path_factory):
     Image.fromarray(mask).save(root / "mask.png")
     Image.fromarray(digit[::2, ::2]).save(root / "small.png")
     Image.fromarray(digit[:3, :3]).save(root / "odd.png")
-    Image.fromarray(np.stack([digit] * 3, -1)).save(root / "rgb.png")
+    Image.fromarray(np.stack([digit, digit.T, 255 - digit], -1)).save(root / "rgb.png")
+    Image.fromarray(np.stack([digit] * 3, -1)).save(root / "gray-as-rgb.png")
+    Image.fromarray(digit.astype(np.uint16) * 257).save(root / "digit16.png")  # 16-bit PNG
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "empty.png")
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(root / "full.png")
     Image.fromarray(mask[:4, :4]).save(root / "mask4.png")
@@ -75,6 +77,17 @@ def test_api_matches_cli_and_edit_at_strength_zero_is_identity(files):
     assert not torch.equal(a, model.denoise(image, sigma=0.2, steps=4, seed=1, method="ddnm"))
 
 
+def test_gray_pictures_stored_as_rgb_or_16_bit_restore_like_the_8_bit_gray_file(files, tmp_path):
+    outputs = []
+    for name in ("digit", "gray-as-rgb", "digit16"):
+        out = tmp_path / f"{name}.png"
+        assert cli.main(["denoise", str(files / "run"), str(files / f"{name}.png"), "--sigma",
+                         "0.2", "--steps", "3", "--out", str(out)]) == 0
+        outputs.append(np.asarray(Image.open(out)))
+    assert outputs[0].shape == (8, 8)  # one channel out, as the model makes
+    assert all(np.array_equal(outputs[0], other) for other in outputs[1:])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["inpaint", "{run}", "{digit}", "--mask", "{mask4}"], "the mask is 4x4 pixels, the image 8x8"),
     (["inpaint", "{run}", "{digit}", "--mask", "{empty}"], "no known (white) pixels"),
@@ -84,8 +97,9 @@ def test_api_matches_cli_and_edit_at_strength_zero_is_identity(files):
     (["upscale", "{run}", "{odd}", "--factor", "3"], "cannot restore 9x9 images"),
     (["upscale", "{run}", "{small}", "--factor", "1"], "--factor 1: must be an integer >= 2"),
     (["edit", "{run}", "{digit}", "--strength", "1.5"], "--strength must be in [0, 1]"),
-    (["edit", "{run}", "{rgb}"], "the image has 3 channel(s); the model makes 1"),
-    (["denoise", "{run}", "{rgb}", "--sigma", "0.1"], "the image has 3 channel(s); the model makes 1"),
+    (["edit", "{run}", "{rgb}"], "rgb.png: colour image(s) (3 channel(s)), but edit with this "
+                                 "model takes grayscale ones (1 channel(s))"),
+    (["denoise", "{run}", "{rgb}", "--sigma", "0.1"], "rgb.png: colour image(s) (3 channel(s))"),
     (["denoise", "{run}", "{digit}", "--sigma", "nan"], "--sigma nan"),
     (["colorize", "{run}", "{digit}"], "colorize needs a colour model"),
     (["deblur", "{run}", "{digit}", "--kernel", "disk:3"], "give gaussian:STD"),

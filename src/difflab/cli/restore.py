@@ -90,6 +90,14 @@ def cmd_restore(args) -> int:
     elif args.task == "deblur":
         options["kernel"], options["sigma"] = args.kernel, args.sigma
     model = load(args.checkpoint)
+    channels = 1 if args.task == "colorize" else model.shape.channels
+    if channels == 1 and pixels.shape[1] == 3 and (pixels == pixels[:, :1]).all():
+        pixels = pixels[:, :1]  # grayscale pictures stored as colour (RGB, or a gray palette)
+    if pixels.shape[1] != channels:
+        kind = {1: "grayscale", 3: "colour"}
+        raise UsageError(f"{args.image}: {kind[pixels.shape[1]]} image(s) ({pixels.shape[1]} "
+                         f"channel(s)), but {args.task} with this model takes {kind[channels]} "
+                         f"ones ({channels} channel(s))")
     started = time.perf_counter()
     images = torch.from_numpy(pixels).float() / 255
     restored = model.restore(images, args.task, method=getattr(args, "method", None),

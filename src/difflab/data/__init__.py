@@ -180,7 +180,13 @@ def open_image(path: Path, mode: str | None = None):
                                 f"{MAX_IMAGE_PIXELS:,} an image may have (corrupt or a "
                                 "decompression bomb?)")
             if mode is None:
-                mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+                mode = "L" if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16") \
+                    else "RGB"
+            if im.mode.startswith("I;16") or im.mode == "I" and im.format == "PNG":
+                # 16-bit grayscale (medical and scientific images): PIL's convert would clip
+                # every value above 255 to white; scale 0..65535 to 0..255 instead
+                wide = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray(np.round(wide / 257).clip(0, 255).astype(np.uint8), "L")
             return im.convert(mode)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
             ValueError) as e:
