@@ -58,6 +58,18 @@ def test_sample_cli_without_options_reproduces_the_recipe(run_dir, tmp_path, cap
     torch.testing.assert_close(cli_images, difflab.load(run_dir).sample(6, seed=3), rtol=0, atol=1e-6)
 
 
+def test_a_class_label_outside_the_model_is_refused_with_the_valid_range(run_dir, capsys):
+    model = difflab.load(run_dir)  # 10 classes
+    with pytest.raises(ValueError, match=r"class label 10: the model has 10 classes \(0-9\)"):
+        model.sample(2, class_label=10)
+    with pytest.raises(ValueError, match=r"class label -1: the model has 10 classes \(0-9\)"):
+        model.inpaint(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8, dtype=torch.bool).logical_not()
+                      .logical_or(torch.eye(8, dtype=torch.bool)), class_label=-1)
+    assert cli.main(["sample", str(run_dir), "--n", "2", "--class-label", "12"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "difflab: error: --class-label 12: the model has 10 classes (0-9)"
+
+
 def test_version_1_checkpoint_still_loads_and_samples(run_dir, tmp_path):
     """A checkpoint in the layout written before the net/run/loop/sample split (unet section with
     the data shape in it, run.bf16, sampling fields in run) loads with the same weights."""

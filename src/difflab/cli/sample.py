@@ -82,6 +82,7 @@ def add_schedule_parser(sub) -> None:
 
 
 def cmd_sample(args) -> int:
+    from difflab.diffusion.generation import check_class_label
     from difflab.evaluation.report import save_grid, save_npz
     from difflab.runs import load
 
@@ -92,10 +93,10 @@ def cmd_sample(args) -> int:
     sampler = args.sampler or model.config.sample.sampler
     if args.eta is not None and sampler != "ddim":
         raise UsageError(f"--eta applies only to --sampler ddim, not {sampler}")
-    classes = model.shape.num_classes
-    if args.class_label is not None and not 0 <= args.class_label < max(classes, 1):
-        raise UsageError(f"--class-label {args.class_label}: the model has "
-                         f"{classes or 'no'} classes")
+    try:
+        check_class_label(args.class_label, model.shape.num_classes, "--class-label")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     options = {"eta": args.eta} if args.eta is not None else {}
     # under torchrun each rank draws a contiguous range of sample indices; rank 0 gathers them
     # in order and writes (sample i is the same whichever rank draws it: generation.generate)

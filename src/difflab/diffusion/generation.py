@@ -105,6 +105,13 @@ def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, grid=None,
               callback=callback, **options)
 
 
+def check_class_label(class_label: int | None, num_classes: int, name: str = "class label"):
+    """ValueError unless ``class_label`` is None or one of the model's classes."""
+    if class_label is not None and not 0 <= class_label < max(num_classes, 1):
+        classes = f"{num_classes} classes (0-{num_classes - 1})" if num_classes else "no classes"
+        raise ValueError(f"{name} {class_label}: the model has {classes}")
+
+
 def class_labels(start: int, count: int, num_classes: int, class_label: int | None = None):
     """Labels of samples start..start+count-1: ``class_label`` for all, else cycling 0..K-1;
     None for an unconditional model."""
@@ -139,8 +146,7 @@ def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, st
     check_sample_memory(n, item_shape)
     if not math.isfinite(guidance) or guidance < 0:
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
-    if class_label is not None and not 0 <= class_label < max(num_classes, 1):
-        raise ValueError(f"class label {class_label}: the model has {num_classes or 'no'} classes")
+    check_class_label(class_label, num_classes)
     device = model_device(denoiser)
     was_training = denoiser.training
     denoiser.eval()

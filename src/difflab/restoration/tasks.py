@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from difflab.device import autocast
-from difflab.diffusion.generation import model_sigmas
+from difflab.diffusion.generation import check_class_label, model_sigmas
 from difflab.diffusion.guidance import guided
 from difflab.restoration.operators import Blur, Downsample, Grayscale, Identity, Inpainting
 from difflab.restoration.solvers import get_solver, restore_mean, restore_sdedit
@@ -117,9 +117,7 @@ def restore(model, images: torch.Tensor, task: str, *, method: str | None = None
     sigmas = model_sigmas(denoiser, steps, None if grid in ("auto", "optimized") else grid)
     cond = None
     if class_label is not None:
-        if not 0 <= class_label < max(shape.num_classes, 1):
-            raise ValueError(f"class label {class_label}: the model has "
-                             f"{shape.num_classes or 'no'} classes")
+        check_class_label(class_label, shape.num_classes)
         cond = torch.full((len(y),), class_label, device=device)
         denoiser = guided(denoiser, model.config.sample.guidance if guidance is None else guidance)
     generator = torch.Generator(device).manual_seed(seed)
