@@ -77,6 +77,17 @@ def test_config_validation_names_field_and_value():
         from_dict({"optim": {"batch_size": 0}})
 
 
+def test_a_bad_field_in_a_config_file_names_the_file(tmp_path, capsys):
+    config = tmp_path / "recipe.json"
+    for content, message in (({"net": {"chanels": 3}}, "unknown config field net.chanels"),
+                             ({"optim": {"lr": "fast"}}, "optim.lr: cannot parse 'fast' as float")):
+        config.write_text(json.dumps(content))
+        assert cli.main(["train", "--data", "digits", "--config", str(config), "--out",
+                         str(tmp_path / "run")]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"difflab: error: {config}: {message}")
+        assert not (tmp_path / "run").exists()
+
+
 def test_training_reduces_loss_and_checkpoint_loads(tmp_path):
     from difflab.data import load_dataset
     from difflab.diffusion.denoiser import build_denoiser

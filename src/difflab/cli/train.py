@@ -65,7 +65,7 @@ def add_train_parser(sub) -> None:
 def train_config(args):
     """The TrainConfig of ``difflab train`` arguments: the data set's recipe (``config.recipe``),
     then --config, then flags, then --set; validated."""
-    from difflab.config import load_file, parse_overrides, recipe, update, validate
+    from difflab.config import ConfigError, load_file, parse_overrides, recipe, update, validate
 
     from_file = load_file(args.config) if args.config else {}
     overrides = parse_overrides(args.set)
@@ -78,7 +78,10 @@ def train_config(args):
     if dataset is None and args.resume:  # a resumed run keeps its data set's recipe
         dataset = saved_dataset(Path(given("loop", "out") or recipe().loop.out))
     config = recipe(str(dataset or "mnist"))  # the recipe, under the file, flags and --set
-    update(config, from_file)
+    try:
+        update(config, from_file)
+    except ConfigError as e:  # an unknown field or a value of the wrong type: name the file
+        raise ConfigError(f"{args.config}: {e}") from None
     flags = {}
     for dotted in [d for d, _ in TRAIN_FLAGS.values()] + ["data.class_conditional", "run.precision"]:
         value = getattr(args, dotted, None)
