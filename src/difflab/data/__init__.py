@@ -186,7 +186,7 @@ def open_image(path: Path, mode: str | None = None):
                 # 16-bit grayscale (medical and scientific images): PIL's convert would clip
                 # every value above 255 to white; scale 0..65535 to 0..255 instead
                 wide = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray(np.round(wide / 257).clip(0, 255).astype(np.uint8), "L")
+                im = Image.fromarray(np.round(wide / 257).clip(0, 255).astype(np.uint8))
             return im.convert(mode)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
             ValueError) as e:
