@@ -10,7 +10,7 @@ import torch
 
 from difflab.bench import planned_keys, run_benchmark
 from difflab.bench.executors import run_specs
-from difflab.bench.records import append_record, read_records
+from difflab.bench.records import RecordWarning, append_record, read_records
 from difflab.bench.plan import get_budget, tuning_configs
 from difflab.bench.problems import build_model, load_problem
 from difflab.bench.runner import RunSpec, hp, run_one
@@ -74,11 +74,13 @@ def test_resume_skips_finished_runs_and_ignores_torn_line(tmp_path):
     with open(out, "a") as f:
         f.write('{"key": "torn')               # an interrupted write
     calls = []
-    records = run_specs(specs[:3], out, progress=calls.append)
+    with pytest.warns(RecordWarning, match="results.jsonl:3: skipped incomplete last line"):
+        records = run_specs(specs[:3], out, progress=calls.append)
     assert len(calls) == 1 and calls[0]["key"] == specs[2].key
     assert [r["key"] for r in records] == [s.key for s in specs[:3]]
     assert records[0]["timing"] == first[0]["timing"]   # reused, not rerun
-    assert len(read_records(out)) == 3
+    with pytest.warns(RecordWarning, match="results.jsonl:3: skipped not valid JSON"):
+        assert len(read_records(out)) == 3  # the torn line stays, now followed by the new record
 
 
 def test_process_pool_gives_identical_records(tmp_path):
