@@ -84,8 +84,11 @@ def worker(phase: str, root: Path) -> None:
 
 
 def native_threads() -> list[str]:
-    """The names of this process's threads (Linux)."""
+    """The names of this process's threads; ["unknown"] where /proc does not list them (not
+    Linux)."""
     tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return ["unknown"]
     return sorted((task / "comm").read_text().strip() for task in tasks.iterdir())
 
 
@@ -156,10 +159,13 @@ def test_batch_not_divisible_and_refused_directory_fail_on_every_rank(runs):
 
 def test_leaving_the_process_group_ends_gloos_threads(runs):
     """torch._dynamo, imported by DDP, once kept the group alive after destroy_process_group;
-    gloo's threads then ran into interpreter exit and now and then aborted a rank (SIGABRT)."""
+    gloo's threads then ran into interpreter exit, the likely cause of a rank's occasional
+    SIGABRT there."""
     for phase in ("train", "resume"):
         for rank in (0, 1):
             threads = (runs / f"threads-{phase}-{rank}.txt").read_text().split()
+            if threads == ["unknown"]:
+                pytest.skip("this system does not list a process's threads in /proc")
             assert not [t for t in threads if "gloo" in t], (phase, rank, threads)
 
 

@@ -69,9 +69,10 @@ def init(device: torch.device) -> torch.device:
     if not active():
         # torch._dynamo, which DistributedDataParallel imports on first use, keeps a reference
         # to the default process group if that exists when it is first imported; destroy() then
-        # leaves gloo's threads running into interpreter exit, where their teardown now and then
-        # aborts the process ("terminate called without an active exception"). Imported before
-        # the group exists, it holds nothing (tests/test_distributed.py checks the threads end).
+        # leaves gloo's threads running into interpreter exit, where their teardown is the likely
+        # cause of an occasional abort ("terminate called without an active exception").
+        # Imported before the group exists, it holds nothing (tests/test_distributed.py checks
+        # that the threads end).
         importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(destroy)
