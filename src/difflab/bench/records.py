@@ -343,11 +343,12 @@ def read_records(path: str | os.PathLike, issues: list[str] | None = None) -> li
             reason = ("incomplete last line (interrupted write)" if torn
                       else "not UTF-8 text" if isinstance(e, UnicodeDecodeError)
                       else "not valid JSON")
-            warn(f"{path}:{number}: skipped {reason}; its run is redone")
+            warn(f"{path}:{number}: skipped {reason} (a resumed sweep runs it again)")
             continue
         problem = record_problem(record)
         if problem is not None:
-            warn(f"{path}:{number}: skipped malformed record ({problem}); its run is redone")
+            warn(f"{path}:{number}: skipped malformed record ({problem}; a resumed sweep runs it "
+                 "again)")
             continue
         found.append((number, record))
     lines_of: dict[str, list[int]] = {}
