@@ -51,9 +51,13 @@ def main() -> None:
     if args.n < 2 or args.first < 0 or args.nfe < 1 or args.batch < 1:
         parser.error("--n must be at least 2, --first at least 0, --nfe and --batch at least 1")
     torch.set_num_threads(1)
-    model = load(args.run)
-    nets = {"difflab DDRM": rq.SharedNet(model), "difflab DDRM, told sqrt(2) sigma":
-            ToldSqrt2(model), "deepinv DDRM": rq.SharedNet(model)}
+    try:
+        model = load(args.run)
+    except ValueError as e:  # not a run, or a damaged one: one line, exit 2
+        parser.error(str(e))
+    arms = {"difflab DDRM": ("difflab DDRM", rq.SharedNet(model)),  # label: (method, network)
+            "difflab DDRM, told sqrt(2) sigma": ("difflab DDRM", ToldSqrt2(model)),
+            "deepinv DDRM": ("deepinv DDRM", rq.SharedNet(model))}
     pixels, _ = load_pixels(args.data, args.data_dir, "test")
     x01 = torch.from_numpy(np.asarray(pixels[args.first:args.first + args.n])).float() / 255
     if len(x01) < args.n:
@@ -62,8 +66,7 @@ def main() -> None:
     print("| task | method | PSNR | SSIM | FID |\n|---|---|---:|---:|---:|")
     for name in args.tasks or rq.DATA_TASKS[args.data]:
         task = rq.make_task(name, x01, 0)
-        for label, net in nets.items():
-            method = "deepinv DDRM" if label.startswith("deepinv") else "difflab DDRM"
+        for label, (method, net) in arms.items():
             images = torch.cat([rq.run_diffusion(method, rq.subset(task, slice(b, b + args.batch)),
                                                  net, args.nfe, 0)
                                 for b in range(0, len(x01), args.batch)])

@@ -93,10 +93,7 @@ def cmd_sample(args) -> int:
     sampler = args.sampler or model.config.sample.sampler
     if args.eta is not None and sampler != "ddim":
         raise UsageError(f"--eta applies only to --sampler ddim, not {sampler}")
-    try:
-        check_class_label(args.class_label, model.shape.num_classes, "--class-label")
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    check_class_label(args.class_label, model.shape.num_classes, "--class-label")
     options = {"eta": args.eta} if args.eta is not None else {}
     # under torchrun each rank draws a contiguous range of sample indices; rank 0 gathers them
     # in order and writes (sample i is the same whichever rank draws it: generation.generate)
