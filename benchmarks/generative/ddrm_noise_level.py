@@ -1,20 +1,27 @@
-"""Why deepinv's DDRM scores a higher PSNR than difflab's with the same network: one run, three
+"""Why deepinv's DDRM scores a higher PSNR than difflab's with the same network: one run, four
 DDRMs on the same images and measurements (restoration_quality's tasks), side by side:
 
 - difflab's DDRM (Kawar et al. 2022, eqs. 7-8), the denoiser told the grid's sigma;
 - the same solver with the denoiser told sqrt(2) sigma: the noise level deepinv's DDRM states
   to the network while its state carries sigma / sqrt(2) (BENCHMARKS.md, MNIST restoration,
   "at least as good as deepinv's implementation");
+- the same solver with every fresh noise draw scaled by 1 / sqrt(2), the denoiser told the grid's
+  sigma: deepinv's DDRM as written (it draws ``std * randn / sqrt(2)`` where eqs. 7-8 draw
+  ``std * randn``). On noiseless tasks it tells the network the same sqrt(2) times the state's
+  noise as the row above (on levels 1 / sqrt(2) as large); on noisy tasks the state also carries
+  y's noise, which is not scaled, so the factor falls from sqrt(2) (sigma >> sigma_y) to 1
+  (sigma = sigma_y), which the row above does not emulate;
 - deepinv's DDRM (``deepinv.sampling.DDRM``) driven by the same network.
 
-If the sqrt(2) row reproduces deepinv's, that mis-statement is the whole difference on that
-task. PSNR, SSIM (scikit-image) and FID with difflab's features against the test split.
+If a row reproduces deepinv's, its change is the whole difference on that task. PSNR, SSIM
+(scikit-image) and FID with difflab's features against the test split.
 
     python benchmarks/generative/ddrm_noise_level.py RUN --data cifar10 --first 5000 --n 200
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -26,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import restoration_quality as rq  # noqa: E402
 
 from difflab.data import load_pixels  # noqa: E402
+from difflab.restoration import solvers  # noqa: E402
 from difflab.runs import load  # noqa: E402
 
 
@@ -34,6 +42,18 @@ class ToldSqrt2(rq.SharedNet):
 
     def __call__(self, x, sigma, cond=None):
         return super().__call__(x, sigma * math.sqrt(2), cond)
+
+
+@contextlib.contextmanager
+def fresh_noise_scaled(factor: float):
+    """Within the block, every noise draw of difflab's solvers is ``factor`` times a standard
+    normal one (the solvers draw through ``solvers.noise_like``)."""
+    draw = solvers.noise_like
+    solvers.noise_like = lambda x, generator: draw(x, generator) * factor
+    try:
+        yield
+    finally:
+        solvers.noise_like = draw
 
 
 def main() -> None:
@@ -55,9 +75,11 @@ def main() -> None:
         model = load(args.run)
     except ValueError as e:  # not a run, or a damaged one: one line, exit 2
         parser.error(str(e))
-    arms = {"difflab DDRM": ("difflab DDRM", rq.SharedNet(model)),  # label: (method, network)
-            "difflab DDRM, told sqrt(2) sigma": ("difflab DDRM", ToldSqrt2(model)),
-            "deepinv DDRM": ("deepinv DDRM", rq.SharedNet(model))}
+    net, told = rq.SharedNet(model), ToldSqrt2(model)
+    arms = {"difflab DDRM": ("difflab DDRM", net, 1.0),  # label: (method, network, noise factor)
+            "difflab DDRM, told sqrt(2) sigma": ("difflab DDRM", told, 1.0),
+            "difflab DDRM, fresh noise / sqrt(2)": ("difflab DDRM", net, 1 / math.sqrt(2)),
+            "deepinv DDRM": ("deepinv DDRM", net, 1.0)}
     pixels, _ = load_pixels(args.data, args.data_dir, "test")
     x01 = torch.from_numpy(np.asarray(pixels[args.first:args.first + args.n])).float() / 255
     if len(x01) < args.n:
@@ -66,10 +88,12 @@ def main() -> None:
     print("| task | method | PSNR | SSIM | FID |\n|---|---|---:|---:|---:|")
     for name in args.tasks or rq.DATA_TASKS[args.data]:
         task = rq.make_task(name, x01, 0)
-        for label, (method, net) in arms.items():
-            images = torch.cat([rq.run_diffusion(method, rq.subset(task, slice(b, b + args.batch)),
-                                                 net, args.nfe, 0)
-                                for b in range(0, len(x01), args.batch)])
+        for label, (method, network, factor) in arms.items():
+            with fresh_noise_scaled(factor):
+                images = torch.cat([rq.run_diffusion(method,
+                                                     rq.subset(task, slice(b, b + args.batch)),
+                                                     network, args.nfe, 0)
+                                    for b in range(0, len(x01), args.batch)])
             row = rq.score(images, task, args.data_dir, data=args.data)
             print(f"| {name} | {label} | {row['psnr']:.2f} | {row['ssim']:.4f} | "
                   f"{row['fid']:.2f} |", flush=True)
