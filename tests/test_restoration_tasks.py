@@ -89,9 +89,15 @@ def test_gray_pictures_stored_as_rgb_or_16_bit_restore_like_the_8_bit_gray_file(
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["inpaint", "{run}", "{digit}", "--mask", "{mask4}"], "the mask is 4x4 pixels, the image 8x8"),
-    (["inpaint", "{run}", "{digit}", "--mask", "{empty}"], "no known (white) pixels"),
-    (["inpaint", "{run}", "{digit}", "--mask", "{full}"], "keeps every pixel"),
+    (["inpaint", "{run}", "{digit}", "--mask", "{mask4}"],
+     "mask4.png: 4x4 pixels, but the image(s) are 8x8"),
+    (["inpaint", "{run}", "{digit}", "--mask", "{empty}"], "empty.png: the mask has no known (white)"),
+    (["inpaint", "{run}", "{digit}", "--mask", "{full}"], "full.png: every pixel is known (white)"),
+    (["denoise", "{run}", "{digit}", "--sigma", "0.1", "--out", "{digit}"],
+     "digit.png: is the input"),  # the input is never overwritten (checked below for every case)
+    (["inpaint", "{run}", "{digit}", "--mask", "{mask}", "--out", "{mask}"], "mask.png: is the input"),
+    (["denoise", "{run}", "{digit}", "--sigma", "0.1", "--bogus"],
+     "difflab: error: unrecognized arguments: --bogus"),
     (["inpaint", "{run}", "{text}", "--mask", "{mask}"], "text.png: cannot decode image"),
     (["inpaint", "{run}", "{digit}", "--mask", "{text}"], "text.png: cannot decode image"),
     (["upscale", "{run}", "{odd}", "--factor", "3"], "cannot restore 9x9 images"),

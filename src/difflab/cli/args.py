@@ -14,7 +14,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with its errors (unknown option, bad int, missing argument) as one line."""
 
     def error(self, message):
-        self.exit(2, f"difflab: error: {self.prog}: {message}\n")
+        where = "" if self.prog == "difflab" else f"{self.prog}: "  # the subcommand, if any
+        self.exit(2, f"difflab: error: {where}{message}\n")
 
 
 def check_steps_and_seed(steps: int | None, seed: int, max_steps: int | None = None) -> None:

@@ -27,7 +27,8 @@ def add_restore_parsers(sub) -> None:
         p.add_argument("image", help="image file, or a folder of images of one size")
         if task == "inpaint":
             p.add_argument("--mask", required=True, help="image of the same size: white = "
-                           "known pixels, black = pixels to fill (or a folder, one per image)")
+                           "known pixels, black = pixels to fill (above mid-gray counts as "
+                           "white; or a folder, one mask per image)")
         if task == "upscale":
             p.add_argument("--factor", type=int, required=True, help="integer upscaling factor")
         if task == "denoise":
@@ -56,6 +57,32 @@ def add_restore_parsers(sub) -> None:
         p.set_defaults(func=cmd_restore, task=task)
 
 
+def read_masks(path: str, pixels):
+    """The mask file (or folder, one per image) at ``path`` for images ``pixels`` as a boolean
+    [N or 1, 1, H, W] tensor: pixels above mid-gray in any channel are known. Refuses, naming
+    the file, a mask of another size and one with no pixel to keep; and masks that keep every
+    pixel, which leave nothing to fill."""
+    import torch
+
+    from difflab.data import read_images
+
+    masks, names = read_images(path)
+    if len(masks) not in (1, len(pixels)):
+        raise UsageError(f"--mask {path}: {len(masks)} masks for {len(pixels)} images")
+    if masks.shape[-2:] != pixels.shape[-2:]:
+        raise UsageError(f"--mask {path}: {masks.shape[-1]}x{masks.shape[-2]} pixels, but the "
+                         f"image(s) are {pixels.shape[-1]}x{pixels.shape[-2]}")
+    known = torch.from_numpy(masks).amax(1, keepdim=True) > 127
+    files = [Path(path) / name for name in names] if Path(path).is_dir() else [Path(path)]
+    for mask, file in zip(known, files):
+        if not mask.any():
+            raise UsageError(f"{file}: the mask has no known (white) pixels: nothing to restore "
+                             "from (use difflab sample)")
+    if known.all():
+        raise UsageError(f"--mask {path}: every pixel is known (white): nothing to inpaint")
+    return known
+
+
 def cmd_restore(args) -> int:
     """The restoration commands: read the image(s) and mask, restore, write PNGs."""
     import torch
@@ -77,12 +104,14 @@ def cmd_restore(args) -> int:
         raise UsageError(f"--out {out}: give a file name ending in .png")
     if folder_in and (out.exists() and not out.is_dir() or out.suffix):
         raise UsageError(f"--out {out}: for a folder of images give a folder name")
+    inputs = [args.image] + ([args.mask] if args.task == "inpaint" else [])
+    for given in inputs:  # the restoration never replaces what it was made from
+        if out.resolve() == Path(given).expanduser().resolve():
+            raise UsageError(f"--out {out}: is the input {given}; give another "
+                             f"{'folder' if folder_in else 'file'}")
     options = {}
     if args.task == "inpaint":
-        masks, _ = read_images(args.mask)
-        if len(masks) not in (1, len(pixels)):
-            raise UsageError(f"--mask {args.mask}: {len(masks)} masks for {len(pixels)} images")
-        options["mask"] = torch.from_numpy(masks).amax(1, keepdim=True) > 127
+        options["mask"] = read_masks(args.mask, pixels)
     elif args.task == "upscale":
         options["factor"] = args.factor
     elif args.task == "denoise":
