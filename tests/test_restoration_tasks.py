@@ -91,11 +91,14 @@ def test_gray_pictures_stored_as_rgb_or_16_bit_restore_like_the_8_bit_gray_file(
 @pytest.mark.parametrize("argv, message", [
     (["inpaint", "{run}", "{digit}", "--mask", "{mask4}"],
      "mask4.png: 4x4 pixels, but the image(s) are 8x8"),
-    (["inpaint", "{run}", "{digit}", "--mask", "{empty}"], "empty.png: the mask has no known (white)"),
+    (["inpaint", "{run}", "{digit}", "--mask", "{empty}"],
+     "empty.png: the mask has no known (white)"),
     (["inpaint", "{run}", "{digit}", "--mask", "{full}"], "full.png: every pixel is known (white)"),
+    # the input is never overwritten (the test checks every case's files below)
     (["denoise", "{run}", "{digit}", "--sigma", "0.1", "--out", "{digit}"],
-     "digit.png: is the input"),  # the input is never overwritten (checked below for every case)
-    (["inpaint", "{run}", "{digit}", "--mask", "{mask}", "--out", "{mask}"], "mask.png: is the input"),
+     "digit.png: would overwrite the input"),
+    (["inpaint", "{run}", "{digit}", "--mask", "{mask}", "--out", "{mask}"],
+     "mask.png: would overwrite the input"),
     (["denoise", "{run}", "{digit}", "--sigma", "0.1", "--bogus"],
      "difflab: error: unrecognized arguments: --bogus"),
     (["inpaint", "{run}", "{text}", "--mask", "{mask}"], "text.png: cannot decode image"),

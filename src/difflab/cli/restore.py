@@ -107,7 +107,7 @@ def cmd_restore(args) -> int:
     inputs = [args.image] + ([args.mask] if args.task == "inpaint" else [])
     for given in inputs:  # the restoration never replaces what it was made from
         if out.resolve() == Path(given).expanduser().resolve():
-            raise UsageError(f"--out {out}: is the input {given}; give another "
+            raise UsageError(f"--out {out}: would overwrite the input {given}; give another "
                              f"{'folder' if folder_in else 'file'}")
     options = {}
     if args.task == "inpaint":
