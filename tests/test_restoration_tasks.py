@@ -61,6 +61,20 @@ def test_upscale_reproduces_the_small_image(files, tmp_path):
     assert (pooled - small).abs()[~clipped].max() <= 1.0  # uint8 rounding only
 
 
+def test_a_folder_is_restored_into_another_folder_never_over_itself(files, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes((files / "digit.png").read_bytes())
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    argv = ["denoise", str(files / "run"), str(folder), "--sigma", "0.1", "--steps", "2"]
+    assert cli.main(argv + ["--out", str(folder)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert cli.main(argv + ["--out", str(tmp_path / "restored")]) == 0
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["a.png", "b.png"]
+
+
 def test_api_matches_cli_and_edit_at_strength_zero_is_identity(files):
     model = difflab.load(files / "run")
     image = torch.from_numpy(np.array(Image.open(files / "digit.png"))).float()[None, None] / 255
