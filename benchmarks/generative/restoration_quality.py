@@ -65,6 +65,8 @@ evaluate_images``, the project's FID); s/image = wall time / N.
 Speed: difflab DDNM and DDRM against deepinv DDRM and DiffPIR at equal NFE, on the same batch
 (``--speed-tasks``, default inpaint-box, denoise-0.2 and the data set's sr task), interleaved
 in one process (``--speed-reps`` rounds, order rotated each round), medians and ratios.
+
+The tables it prints (and ``--merge`` joins) are made in ``restoration_report.py``.
 """
 from __future__ import annotations
 
@@ -300,30 +302,6 @@ def run_task(name, x01, train01, net, args, methods):
     return rows
 
 
-def table(name, rows) -> str:
-    lines = [f"#### {name}", "", "| method | NFE (VJP) | PSNR | SSIM | FID | s/image |",
-             "|---|---|---|---|---|---|"]
-    for key, r in rows.items():
-        if "fid" not in r:
-            continue
-        nfe = "-" if not r["nfe"] else f"{r['nfe']}" + (f" ({r['vjp']})" if r["vjp"] else "")
-        lines.append(f"| {key.split(' @ ')[0]} | {nfe} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
-                     f"{r['fid']:.2f} | {r['seconds_per_image']:.4f} |")
-    if "diffusers RePaint (defaults)" in rows:
-        d = rows["diffusers RePaint (defaults)"]
-        k = d["n"]
-        lines += ["", f"On the first {k} images (diffusers RePaint at its defaults is run on these "
-                  "only; PSNR / SSIM over the same images):", "",
-                  "| method | NFE | PSNR | SSIM | s/image |", "|---|---|---|---|---|"]
-        for key, r in rows.items():
-            if r["nfe"] and "per_image" not in key:
-                p = np.mean(r["psnr_per_image"][:k])
-                s = np.mean(r["ssim_per_image"][:k])
-                lines.append(f"| {key.split(' @ ')[0]} | {r['nfe']} | {p:.2f} | {s:.3f} | "
-                             f"{r['seconds_per_image']:.4f} |")
-    return "\n".join(lines)
-
-
 def speed(x01, net, args) -> dict:
     """Interleaved timing of difflab DDNM / DDRM against deepinv DDRM / DiffPIR on one batch:
     each round runs the four once (order rotated); ratios are medians of within-round ratios."""
@@ -351,73 +329,9 @@ def speed(x01, net, args) -> dict:
     return result
 
 
-def acceptance(tasks) -> str:
-    """Per task: difflab's best (by FID, by PSNR; any NFE) against the best classical method (A^+ y
-    where there is none: colorization), difflab's DDRM against deepinv's at equal NFE, and
-    difflab's best at RePaint's NFE against diffusers' RePaint. NFE: the counted network calls
-    per image (a mean row of 10 draws at ``--nfe 10`` counts 100)."""
-    def label(key, r):
-        return f"{key.split(' @ ')[0]} @ {r['nfe']}" if r["nfe"] else key
-
-    def best(rows, names, key, sign, nfe=None):
-        found = [(sign * r[key], label(k, r)) for k, r in rows.items()
-                 if "fid" in r and k.split(" @ ")[0] in names and nfe in (None, r["nfe"])]
-        return (sign * min(found)[0], min(found)[1]) if found else (None, None)
-
-    def rows_of(rows, method):
-        return {r["nfe"]: r for k, r in rows.items() if k.split(" @ ")[0] == method and "fid" in r}
-
-    lines = ["| task | FID: difflab best / classical best | PSNR: difflab best / classical best "
-             "| DDRM PSNR, FID: difflab / deepinv (NFE) | vs diffusers RePaint at its NFE "
-             "(PSNR, FID) |", "|---|---|---|---|---|"]
-    ours = [m for m in DIFFUSION if m.startswith("difflab")]
-    for name, rows in tasks.items():
-        classical = CLASSICAL[make_kind(name)] or ("A^+ y",)
-        f_us, f_us_m = best(rows, ours, "fid", 1)
-        f_cl, f_cl_m = best(rows, classical, "fid", 1)
-        p_us, p_us_m = best(rows, ours, "psnr", -1)
-        p_cl, p_cl_m = best(rows, classical, "psnr", -1)
-        if f_us is None:  # a run of peers only (say, a method subset run in parallel)
-            cells = ["-", "-"]
-        else:
-            cells = [f"{f_us:.2f} ({f_us_m}) / {f_cl:.2f} ({f_cl_m}): "
-                     f"{'better' if f_us < f_cl else 'worse'}",
-                     f"{p_us:.2f} ({p_us_m}) / {p_cl:.2f} ({p_cl_m}): "
-                     f"{'better' if p_us > p_cl else 'worse'}"]
-        ours_ddrm, theirs = rows_of(rows, "difflab DDRM"), rows_of(rows, "deepinv DDRM")
-        cells.append("; ".join(f"{ours_ddrm[n]['psnr']:.2f} / {theirs[n]['psnr']:.2f}, "
-                               f"{ours_ddrm[n]['fid']:.2f} / {theirs[n]['fid']:.2f} ({n})"
-                               for n in sorted(set(ours_ddrm) & set(theirs))) or "-")
-        verdicts = []
-        for n, rp in sorted(rows_of(rows, "diffusers RePaint").items()):
-            p, _ = best(rows, ours, "psnr", -1, n)
-            f, _ = best(rows, ours, "fid", 1, n)
-            if p is not None:
-                both = p > rp["psnr"] and f < rp["fid"]
-                verdicts.append(f"{p:.2f} / {rp['psnr']:.2f}, {f:.2f} / {rp['fid']:.2f} ({n}): "
-                                f"{'better on both' if both else 'not both'}")
-        cells.append("; ".join(verdicts) or "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def make_kind(name: str) -> str:
     return {"inpaint": "inpaint", "sr": "sr", "denoise": "denoise", "deblur": "deblur",
             "colorize": "colorize"}[name.split("-")[0]]
-
-
-def speed_table(res) -> str:
-    lines = ["| task | images x NFE | difflab DDNM | difflab DDRM | deepinv DDRM | deepinv DiffPIR "
-             "| deepinv DDRM / difflab DDRM | deepinv DiffPIR / difflab DDNM |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, r in res.items():
-        m = r["median_s_per_image"]
-        lines.append(f"| {name} | {r['n']} x {r['nfe']} | {m['difflab DDNM'] * 1e3:.1f} ms | "
-                     f"{m['difflab DDRM'] * 1e3:.1f} ms | {m['deepinv DDRM'] * 1e3:.1f} ms | "
-                     f"{m['deepinv DiffPIR'] * 1e3:.1f} ms | "
-                     f"{r['deepinv DDRM / difflab DDRM']:.2f}x | "
-                     f"{r['deepinv DiffPIR / difflab DDNM']:.2f}x |")
-    return "\n".join(lines)
 
 
 def main():
@@ -453,6 +367,8 @@ def main():
                         help="print the tables of earlier runs' JSON files (e.g. task subsets of "
                              "one configuration run side by side) instead of running")
     args = parser.parse_args()
+    from restoration_report import merge, report  # (it reads this module's task and method lists)
+
     if args.merge:
         return merge(args.merge, args.out)
     if args.run is None:
@@ -505,48 +421,6 @@ def main():
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=1, default=float)
-
-
-def report(results) -> None:
-    n, data = results["config"]["n"], results["config"].get("data", "mnist")
-    print(f"\n### Quality ({n} {data} images; FID of the clean images themselves: "
-          f"{results['clean_fid']:.2f})\n")
-    for name, rows in results["tasks"].items():
-        print(table(name, rows) + "\n")
-    print("### Against the acceptance (issue 14)\n\n" + acceptance(results["tasks"]) + "\n")
-    if results["speed"]:
-        print("### Speed (interleaved; medians of s/image, ratios: medians of within-round "
-              "ratios)\n\n" + speed_table(results["speed"]))
-    print(f"\nwall time {results['wall_seconds'] / 60:.1f} min")
-
-
-def merge(paths, out=None) -> None:
-    """One report from several JSON files of the same configuration (say, task subsets or method
-    subsets run in parallel, or other NFE): rows and speed results joined (a row in a later file
-    replaces the same row of an earlier one), wall time = the longest."""
-    runs = []
-    for path in paths:
-        with open(path) as fh:
-            runs.append(json.load(fh))
-    keys = ("n", "seed", "batch", "run", "data")  # NFE may differ: rows are keyed by it
-    for r in runs[1:]:
-        diff = [k for k in keys if r["config"].get(k, "mnist" if k == "data" else None)
-                != runs[0]["config"].get(k, "mnist" if k == "data" else None)]
-        if diff:
-            raise SystemExit(f"{paths[0]} and another file differ in {', '.join(diff)}")
-    nfe = sorted({n for r in runs for n in r["config"]["nfe"]})
-    merged = {"config": {**runs[0]["config"], "nfe": nfe}, "clean_fid": runs[0]["clean_fid"],
-              "tasks": {}, "speed": {}, "wall_seconds": max(r["wall_seconds"] for r in runs),
-              "merged_from": list(paths)}
-    for r in runs:
-        for task, rows in r["tasks"].items():
-            merged["tasks"].setdefault(task, {}).update(rows)
-        merged["speed"].update(r["speed"])
-    merged["tasks"] = {t: merged["tasks"][t] for t in TASKS if t in merged["tasks"]}
-    report(merged)
-    if out:
-        with open(out, "w") as fh:
-            json.dump(merged, fh, indent=1)
 
 
 def versions_of() -> dict:
