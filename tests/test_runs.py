@@ -139,7 +139,8 @@ def test_resume_may_change_only_loop_and_sample_sections():
 
 
 def test_precision_auto_is_bf16_only_where_the_cpu_has_it():
-    """auto -> bf16 exactly when the CPU has AVX512-BF16 or AMX; fp32 on a simulated AVX2 CPU."""
+    """auto -> bf16 exactly when the CPU has AMX; fp32 on simulated CPUs without it (AVX2,
+    AVX-512, AVX-512 with bf16 instructions but no AMX)."""
     code = ("import torch; from difflab.device import resolve_precision; "
             "print(resolve_precision('auto', torch.device('cpu'))[0])")
 
@@ -150,12 +151,14 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_it():
                               env={**env, **extra_env}, check=True).stdout.strip()
 
     assert auto({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}) == "fp32"
+    assert auto({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}) == "fp32"  # AVX-512 without bf16
+    assert auto({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == "fp32"  # bf16, but slower there
     from difflab.device import DeviceError, resolve_device, resolve_precision
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    native = (" avx512_bf16" in flags or " amx_bf16" in flags) and \
+    amx = " amx_bf16" in flags and \
         "ONEDNN_MAX_CPU_ISA" not in os.environ and "ATEN_CPU_CAPABILITY" not in os.environ
-    assert resolve_precision("auto", torch.device("cpu"))[0] == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", torch.device("cpu"))[0] == ("bf16" if amx else "fp32")
     assert resolve_precision("fp32", torch.device("cpu"))[0] == "fp32"
     assert resolve_precision("bf16", torch.device("cpu"))[0] == "bf16"
     with pytest.raises(DeviceError, match="run.precision='fp16'"):

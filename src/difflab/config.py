@@ -73,7 +73,7 @@ class RunConfig:
     """How the run computes; fixed for its lifetime (a resume refuses to change these)."""
     seed: int = 0
     device: str = "cpu"              # cpu | cuda | cuda:N | mps
-    precision: str = "auto"          # auto (bf16 only where the hardware runs it natively) | bf16 | fp32
+    precision: str = "auto"          # auto (bf16 only where it is faster: AMX, CUDA) | bf16 | fp32
 
 
 @dataclass

@@ -1,15 +1,17 @@
 """Where a model runs and in which precision: the one place that picks the device, the autocast
 and whether bf16 pays on this machine.
 
-``precision="auto"`` picks bf16 autocast only where the hardware computes bf16 natively:
-on a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels), on a CUDA device that supports bf16.
-Elsewhere bf16 is emulated and slower than fp32 (about 10x for the default U-Net on an AVX2-only
-CPU, see BENCHMARKS.md), so auto picks fp32 there. ``bf16`` and ``fp32`` force the choice.
+``precision="auto"`` picks bf16 autocast only where it is faster than fp32: on a CPU with AMX
+(oneDNN's AMX bf16 kernels: about 2x), on a CUDA device that supports bf16. Elsewhere auto picks
+fp32: with AVX512-BF16 but no AMX (Cooper Lake, AMD Zen 4 and 5) bf16 autocast measured 1.2-1.4x
+slower per training step, and without bf16 instructions (most laptops: AVX2) bf16 is emulated,
+about 10x slower (BENCHMARKS.md, "Precision"). ``bf16`` and ``fp32`` force the choice.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -58,24 +60,38 @@ def _cpu_flags() -> set[str] | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_native() -> tuple[bool, str]:
-    """(True, why) if this CPU runs bf16 matrix products natively, else (False, why).
+def _has_amx(flags: set[str] | None) -> bool:
+    """Whether the CPU has AMX with bf16: /proc/cpuinfo's ``amx_bf16`` on Linux, else torch's
+    own CPU feature probe (every AMX CPU so far has the bf16 tiles)."""
+    if flags is not None:
+        return "amx_bf16" in flags
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
 
-    Three conditions, all required: oneDNN reports bf16 support (it honours
-    ``ONEDNN_MAX_CPU_ISA``), ATen's kernels run at the AVX-512 level (``ATEN_CPU_CAPABILITY``),
-    and the CPU has the bf16 instructions themselves (``avx512_bf16`` or ``amx_bf16``; a plain
-    AVX-512 CPU only emulates bf16)."""
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_faster() -> tuple[bool, str]:
+    """(True, why) if bf16 autocast runs faster than fp32 on this CPU, else (False, why).
+
+    Four conditions, all required: oneDNN has bf16 kernels; ``ONEDNN_MAX_CPU_ISA``, if set, lets
+    it use AMX (a name with AMX in it, or DEFAULT / ALL); ATen's kernels run at the AVX-512
+    level (``ATEN_CPU_CAPABILITY``); and the CPU has AMX. AVX512-BF16 alone is not enough: the
+    default U-Net's training step ran 1.2-1.4x slower under bf16 autocast there, and its
+    sampling step 1.06-1.13x (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` on this AMX machine)."""
     capability = torch.backends.cpu.get_cpu_capability()
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False, f"oneDNN has no bf16 kernels for this CPU (ATen capability {capability})"
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if isa_cap not in ("", "DEFAULT", "ALL") and "AMX" not in isa_cap:
+        return False, f"ONEDNN_MAX_CPU_ISA={isa_cap} keeps oneDNN from AMX"
     if not capability.startswith("AVX512"):
         return False, f"ATen CPU capability is {capability}, below AVX-512"
     flags = _cpu_flags()
-    if flags is not None and not flags & {"avx512_bf16", "amx_bf16"}:
-        return False, "the CPU has AVX-512 but neither AVX512-BF16 nor AMX (bf16 is emulated)"
-    native = sorted(flags & {"avx512_bf16", "amx_bf16"}) if flags else ["oneDNN bf16"]
-    return True, f"the CPU computes bf16 natively ({', '.join(native)})"
+    if not _has_amx(flags):
+        bf16 = flags is not None and "avx512_bf16" in flags
+        return False, ("the CPU has AVX512-BF16 but no AMX (bf16 autocast is slower than fp32 "
+                       "there)" if bf16 else "the CPU has no AMX (bf16 is emulated)")
+    return True, "the CPU computes bf16 with AMX"
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
@@ -85,8 +101,8 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     if precision != "auto":
         return precision, f"set explicitly (run.precision={precision})"
     if device.type == "cpu":
-        native, why = cpu_bf16_native()
-        return ("bf16" if native else "fp32"), f"auto: {why}"
+        faster, why = cpu_bf16_faster()
+        return ("bf16" if faster else "fp32"), f"auto: {why}"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return "bf16", "auto: the CUDA device supports bf16"

@@ -21,7 +21,7 @@ TRAIN_FLAGS = {
     "--eval-n": ("loop.eval_n", "samples per evaluation"),
     "--seed": ("run.seed", "seed of initialization, data order and noise"),
     "--device": ("run.device", "cpu, cuda, cuda:N or mps"),
-    "--precision": ("run.precision", "auto (bf16 only where the hardware runs it natively), "
+    "--precision": ("run.precision", "auto (bf16 only where it is faster: a CPU with AMX, CUDA), "
                     "bf16 or fp32"),
     "--batch-size": ("optim.batch_size", "images per step"),
     "--final-samples": ("sample.final_samples", "samples saved to samples.npz at the end"),
