@@ -170,6 +170,23 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_it():
             resolve_device("cuda")
 
 
+def test_precision_auto_needs_amx_whatever_else_the_cpu_has(monkeypatch):
+    """The CPU's flags decide once oneDNN and ATen run at the AVX-512 level: bf16 with AMX only;
+    AVX512-BF16 alone measured slower than fp32 (BENCHMARKS.md, "Precision")."""
+    from difflab import device
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported() or \
+            not torch.backends.cpu.get_cpu_capability().startswith("AVX512") or \
+            os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        pytest.skip("needs oneDNN and ATen at the AVX-512 level (this CPU or its ISA caps lack it)")
+    for flags, expected in (({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "bf16"),
+                            ({"avx512f", "avx512_bf16"}, "fp32"), ({"avx512f"}, "fp32")):
+        monkeypatch.setattr(device, "_cpu_flags", lambda: flags)
+        device.cpu_bf16_faster.cache_clear()
+        assert device.resolve_precision("auto", torch.device("cpu"))[0] == expected, flags
+    device.cpu_bf16_faster.cache_clear()
+
+
 def test_progress_prints_a_plain_line_every_few_percent_off_a_terminal():
     from difflab.progress import Progress
 

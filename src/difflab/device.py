@@ -88,9 +88,11 @@ def cpu_bf16_faster() -> tuple[bool, str]:
         return False, f"ATen CPU capability is {capability}, below AVX-512"
     flags = _cpu_flags()
     if not _has_amx(flags):
-        bf16 = flags is not None and "avx512_bf16" in flags
-        return False, ("the CPU has AVX512-BF16 but no AMX (bf16 autocast is slower than fp32 "
-                       "there)" if bf16 else "the CPU has no AMX (bf16 is emulated)")
+        if flags is None:
+            return False, "the CPU has no AMX (bf16 autocast is not faster than fp32 without it)"
+        if "avx512_bf16" in flags:
+            return False, "the CPU has AVX512-BF16 but no AMX (bf16 autocast is slower there)"
+        return False, "the CPU has neither AMX nor AVX512-BF16 (bf16 is emulated)"
     return True, "the CPU computes bf16 with AMX"
 
 
