@@ -179,12 +179,14 @@ def test_precision_auto_needs_amx_whatever_else_the_cpu_has(monkeypatch):
             not torch.backends.cpu.get_cpu_capability().startswith("AVX512") or \
             os.environ.get("ONEDNN_MAX_CPU_ISA"):
         pytest.skip("needs oneDNN and ATen at the AVX-512 level (this CPU or its ISA caps lack it)")
-    for flags, expected in (({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "bf16"),
-                            ({"avx512f", "avx512_bf16"}, "fp32"), ({"avx512f"}, "fp32")):
-        monkeypatch.setattr(device, "_cpu_flags", lambda: flags)
+    try:
+        for flags, expected in (({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "bf16"),
+                                ({"avx512f", "avx512_bf16"}, "fp32"), ({"avx512f"}, "fp32")):
+            monkeypatch.setattr(device, "_cpu_flags", lambda: flags)
+            device.cpu_bf16_faster.cache_clear()
+            assert device.resolve_precision("auto", torch.device("cpu"))[0] == expected, flags
+    finally:  # later tests see this CPU's answer, also when an assertion above fails
         device.cpu_bf16_faster.cache_clear()
-        assert device.resolve_precision("auto", torch.device("cpu"))[0] == expected, flags
-    device.cpu_bf16_faster.cache_clear()
 
 
 def test_progress_prints_a_plain_line_every_few_percent_off_a_terminal():
