@@ -239,3 +239,33 @@ def test_resume_without_new_steps_records_a_changed_sample_section(tmp_path):
     train(validate(config), resume=True)
     info2, _ = read_checkpoint(tmp_path / "run")
     assert info2["step"] == 3 and info2["config"]["sample"]["guidance"] == 3.5
+
+
+def test_adamw_is_fused_and_a_run_resumes_with_the_kernel_it_was_trained_with(tmp_path, monkeypatch):
+    """Training runs AdamW's fused kernel on CPU (saved in the checkpoint's param groups). A run
+    trained before that, whose checkpoint says ``fused: null`` (torch's per-tensor loop), resumes
+    with the loop: killed at step 3 and resumed, it ends bit-identical to the same run trained
+    whole with the loop."""
+    import difflab.training.train as train_module
+
+    train_module.train(tiny_config(tmp_path / "fused", steps=3))
+    info, _ = read_checkpoint(tmp_path / "fused")
+    assert [group["fused"] for group in info["param_groups"]] == [True]
+
+    real = train_module.make_optimizer
+
+    def loop_kernel(net, config, device):  # the optimizer of runs trained before the fused kernel
+        optimizer = real(net, config, device)
+        for group in optimizer.param_groups:
+            group["fused"] = None
+        return optimizer
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "make_optimizer", loop_kernel)
+        train_module.train(tiny_config(tmp_path / "whole", steps=6))
+        train_module.train(tiny_config(tmp_path / "old", steps=3))
+    assert [group["fused"] for group in read_checkpoint(tmp_path / "old")[0]["param_groups"]] == [None]
+    train_module.train(tiny_config(tmp_path / "old", steps=6), resume=True)  # today's code
+    _, resumed = read_checkpoint(tmp_path / "old")
+    _, whole = read_checkpoint(tmp_path / "whole")
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)

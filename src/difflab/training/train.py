@@ -144,6 +144,18 @@ def batch_share(data, config: TrainConfig, alpha_bar, step: int, first: int, cou
     return x0, cond, torch.cat(sigma), torch.stack(noise)
 
 
+def make_optimizer(net: torch.nn.Module, config: TrainConfig, device: torch.device):
+    """AdamW (Loshchilov & Hutter 2019) over ``net``'s parameters with the recipe's settings (the
+    learning rate is set every step, with its warm-up). On CPU and CUDA it runs torch's fused
+    kernel, one pass over all parameters: for the main recipe's U-Net (167 tensors) on one CPU
+    thread the step takes 4 ms instead of the per-tensor loop's 15 (torch's default on CPU),
+    ``benchmarks/generative/optimizer_step.py``. The kind is saved with the checkpoint's param
+    groups, so a run resumes with the kernel it was trained with."""
+    o = config.optim
+    return torch.optim.AdamW(net.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
+                             fused=True if device.type in ("cpu", "cuda") else None)
+
+
 def optimization_step(model, net: torch.nn.Module, optimizer, config: TrainConfig, batch,
                       device: torch.device, precision: str, average: bool = True):
     """One step on this rank's share ``batch`` = (x0, cond, sigma, noise): the weighted
@@ -186,8 +198,7 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
     torch.manual_seed(run.seed)
     denoiser = build_denoiser(config, shape).to(device)
     ema = EMA(denoiser.net, opt_cfg.ema_half_life_images, opt_cfg.ema_rampup_ratio)
-    optimizer = torch.optim.AdamW(denoiser.net.parameters(), lr=opt_cfg.lr, betas=opt_cfg.betas,
-                                  weight_decay=opt_cfg.weight_decay)
+    optimizer = make_optimizer(denoiser.net, config, device)
     alpha_bar = make_alpha_bar(diff.schedule, diff.timesteps) if diff.density == "ddpm" else None
     step, train_seconds, saved_step, last_checkpoint = 0, 0.0, None, None
 
