@@ -148,20 +148,26 @@ def launch(processes: int, batch: int, pairs: int, args, copies: int = 1) -> dic
     alone after the other has finished (their starts differ by less than the warm-up)."""
     outs = [tempfile.mkdtemp(prefix=f"ddp-speed-{processes}p-") for _ in range(copies)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    try:
+    logs = [tempfile.TemporaryFile("w+") for _ in outs]  # files, not pipes: no child ever
+    try:                                                   # waits for its output to be read
         children = [subprocess.Popen(_command(processes, batch, pairs, out, args,
                                               args.warmup if copies > 1 else 0), text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env={**env, "OMP_NUM_THREADS": "1"}) for out in outs]
-        finished = [(child, *child.communicate()) for child in children]
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     env={**env, "OMP_NUM_THREADS": "1"})
+                    for out, log in zip(outs, logs)]
+        for child in children:
+            child.wait()
     finally:
         for out in outs:
             shutil.rmtree(out, ignore_errors=True)
     results = []
-    for child, stdout, stderr in finished:
-        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    for child, log in zip(children, logs):
+        log.seek(0)
+        output = log.read()
+        log.close()
+        lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
         if child.returncode or not lines:
-            raise SystemExit(f"{processes}-process launch failed:\n{stderr[-3000:]}")
+            raise SystemExit(f"{processes}-process launch failed:\n{output[-3000:]}")
         results.append(json.loads(lines[-1][len("RESULT "):]))
     if copies == 1:
         return results[0]
