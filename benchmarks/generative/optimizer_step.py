@@ -1,5 +1,6 @@
-"""AdamW's kernels on the main recipe's U-Net, one CPU thread: torch's per-tensor loop (its
-default on CPU), ``foreach`` and ``fused`` (what ``train.make_optimizer`` picks on CPU and CUDA).
+"""AdamW's kernels on the main recipe's U-Net on CPU (one thread unless ``--threads``): torch's
+per-tensor loop (its default on CPU), ``foreach`` and ``fused`` (``train.make_optimizer``'s pick
+on CPU and CUDA).
 Times the optimizer step alone and the whole training step (``train.optimization_step``: loss,
 backward, clipping, optimizer) on MNIST batches, the kinds interleaved in blocks so that machine
 load hits all alike; prints medians and each kind's ratio to the loop with a 95% bootstrap CI.
@@ -25,10 +26,11 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=6, help="interleaved blocks per kind")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per block")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the main job uses all)")
     args = parser.parse_args()
-    if min(args.blocks, args.steps, args.batch) < 1:
-        parser.error("--blocks, --steps and --batch must be at least 1")
-    torch.set_num_threads(1)
+    if min(args.blocks, args.steps, args.batch, args.threads) < 1:
+        parser.error("--blocks, --steps, --batch and --threads must be at least 1")
+    torch.set_num_threads(args.threads)
     from difflab.bench.stats import bootstrap_ci
     from difflab.config import TrainConfig, validate
     from difflab.device import resolve_precision
@@ -47,7 +49,8 @@ def main() -> None:
         runs[kind] = (denoiser, torch.optim.AdamW(denoiser.net.parameters(), lr=o.lr, betas=o.betas,
                                                   weight_decay=o.weight_decay, **options))
     print(f"{sum(p.numel() for p in start.net.parameters()):,} parameters in "
-          f"{len(list(start.net.parameters()))} tensors; precision {precision}; batch {args.batch}")
+          f"{len(list(start.net.parameters()))} tensors; precision {precision}; batch {args.batch}; "
+          f"{args.threads} thread(s)")
 
     for kind, (denoiser, opt) in runs.items():  # the same 3 steps on the same batches
         for i in range(3):
