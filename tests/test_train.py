@@ -244,8 +244,8 @@ def test_resume_without_new_steps_records_a_changed_sample_section(tmp_path):
 def test_adamw_is_fused_and_a_run_resumes_with_the_kernel_it_was_trained_with(tmp_path, monkeypatch):
     """Training runs AdamW's fused kernel on CPU (saved in the checkpoint's param groups). A run
     trained before that, whose checkpoint says ``fused: null`` (torch's per-tensor loop), resumes
-    with the loop: killed at step 3 and resumed, it ends bit-identical to the same run trained
-    whole with the loop."""
+    with the loop: trained to step 3 and resumed by today's code, it ends bit-identical to the
+    same run trained whole with the loop."""
     import difflab.training.train as train_module
 
     train_module.train(tiny_config(tmp_path / "fused", steps=3))
