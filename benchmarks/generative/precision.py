@@ -30,6 +30,7 @@ from difflab.diffusion.denoiser import build_denoiser
 from difflab.diffusion.loss import denoising_loss
 from difflab.diffusion.schedules import sample_training_sigma
 from difflab.timing import interleave, summarise
+from difflab.training.train import make_optimizer
 
 CPU = torch.device("cpu")
 SHAPE = DataShape(1, (28, 28), 10)
@@ -38,11 +39,10 @@ SHAPE = DataShape(1, (28, 28), 10)
 def training_step(precision: str, batch: int):
     """A closure running one training step of a fresh default U-Net in ``precision``."""
     config = TrainConfig()
-    d, o = config.diffusion, config.optim
+    d = config.diffusion
     torch.manual_seed(0)
     denoiser = build_denoiser(config, SHAPE).train()
-    opt = torch.optim.AdamW(denoiser.net.parameters(), lr=o.lr, betas=o.betas,
-                            weight_decay=o.weight_decay)
+    opt = make_optimizer(denoiser.net, config, CPU)  # training's AdamW
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(batch, *SHAPE.item, generator=g) * 2 - 1
     labels = torch.randint(0, SHAPE.num_classes, (batch,), generator=g)

@@ -59,28 +59,17 @@ def add_restore_parsers(sub) -> None:
 
 def read_masks(path: str, pixels):
     """The mask file (or folder, one per image) at ``path`` for images ``pixels`` as a boolean
-    [N or 1, 1, H, W] tensor: pixels above mid-gray in any channel are known. Refuses, naming
-    the file, a mask of another size and one with no pixel to keep; and masks that keep every
-    pixel, which leave nothing to fill."""
+    [N or 1, 1, H, W] tensor: pixels above mid-gray in any channel are known. The API's checks
+    (``restoration.tasks.check_mask``), here before the model loads and naming the file."""
     import torch
 
     from difflab.data import read_images
+    from difflab.restoration.tasks import check_mask
 
     masks, names = read_images(path)
-    if len(masks) not in (1, len(pixels)):
-        raise UsageError(f"--mask {path}: {len(masks)} masks for {len(pixels)} images")
-    if masks.shape[-2:] != pixels.shape[-2:]:
-        raise UsageError(f"--mask {path}: {masks.shape[-1]}x{masks.shape[-2]} pixels, but the "
-                         f"image(s) are {pixels.shape[-1]}x{pixels.shape[-2]}")
-    known = torch.from_numpy(masks).amax(1, keepdim=True) > 127
     files = [Path(path) / name for name in names] if Path(path).is_dir() else [Path(path)]
-    for mask, file in zip(known, files):
-        if not mask.any():
-            raise UsageError(f"{file}: the mask has no known (white) pixels: nothing to restore "
-                             "from (use difflab sample)")
-    if known.all():
-        raise UsageError(f"--mask {path}: every pixel is known (white): nothing to inpaint")
-    return known
+    known = torch.from_numpy(masks).amax(1, keepdim=True) > 127
+    return check_mask(known, *pixels.shape[-2:], len(pixels), f"--mask {path}", files)
 
 
 def cmd_restore(args) -> int:

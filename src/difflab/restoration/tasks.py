@@ -50,6 +50,29 @@ def parse_kernel(text: str, sigma_y: float = 0.0) -> Blur:
     raise ValueError(f"--kernel {text!r}: give gaussian:STD (pixels) or box:SIZE (odd)")
 
 
+def check_mask(mask, height: int, width: int, images: int, where: str = "the mask",
+               names=None) -> torch.Tensor:
+    """An inpainting mask (nonzero = known pixel; [H, W] for all images, or [1 or N, ...] with
+    one per image) as a boolean tensor, if it fits ``images`` images of ``height`` x ``width``
+    and leaves something to restore from and something to fill. ValueError otherwise, naming
+    the mask by ``where`` and an empty one of several by ``names`` (e.g. its file)."""
+    known = torch.as_tensor(mask) != 0
+    if known.dim() > 2 and len(known) not in (1, images):
+        raise ValueError(f"{where}: {len(known)} masks for {images} images")
+    if known.shape[-2:] != (height, width):
+        raise ValueError(f"{where}: {known.shape[-1]}x{known.shape[-2]} pixels, but the image(s) "
+                         f"are {width}x{height}")
+    per_mask = known.flatten(1) if known.dim() > 2 else known.reshape(1, -1)
+    for i, pixels in enumerate(per_mask):
+        if not pixels.any():
+            name = names[i] if names else where if len(per_mask) == 1 else f"{where} (image {i})"
+            raise ValueError(f"{name}: the mask has no known (white) pixels: nothing to restore "
+                             "from (use difflab sample)")
+    if per_mask.all():
+        raise ValueError(f"{where}: every pixel is known (white): nothing to inpaint")
+    return known
+
+
 def make_operator(task: str, model_shape, y: torch.Tensor, *, mask=None, factor=None,
                   sigma=None, kernel=None):
     """(operator, shape of the restored images) for ``task`` with measurement ``y`` in [-1, 1]."""
@@ -65,17 +88,7 @@ def make_operator(task: str, model_shape, y: torch.Tensor, *, mask=None, factor=
     if y_channels != channels:
         raise ValueError(f"the image has {y_channels} channel(s); the model makes {channels}")
     if task == "inpaint":
-        mask = torch.as_tensor(mask)
-        if mask.shape[-2:] != (height, width):
-            raise ValueError(f"the mask is {mask.shape[-1]}x{mask.shape[-2]} pixels, the image "
-                             f"{width}x{height}")
-        known = mask.flatten(1).float().mean(1) if mask.dim() > 2 else mask.float().mean()[None]
-        if (known == 0).any():
-            raise ValueError("the mask has no known (white) pixels: nothing to restore from "
-                             "(use difflab sample)")
-        if (known == 1).all():
-            raise ValueError("the mask keeps every pixel: nothing to inpaint")
-        return Inpainting(mask != 0), tuple(y.shape)
+        return Inpainting(check_mask(mask, height, width, batch)), tuple(y.shape)
     if task == "upscale":
         if isinstance(factor, bool) or int(factor) != factor or factor < 2:
             raise ValueError(f"--factor {factor}: must be an integer >= 2")
