@@ -277,7 +277,8 @@ def test_cifar10_recipe_sits_under_config_file_flags_and_set(tmp_path):
 
     assert recipe("mnist") == TrainConfig()
     cifar = recipe("cifar10")
-    assert cifar.data.hflip and cifar.loop.out == "runs/cifar10" and cifar.loop.minutes == 30
+    assert cifar.data.dataset == "cifar10" and cifar.data.hflip
+    assert cifar.loop.out == "runs/cifar10" and cifar.loop.minutes == 30
     assert cifar.sample.guidance == 2 and cifar.net.channels == TrainConfig().net.channels
     assert list(cifar.net.attention_resolutions) == RECIPES["cifar10"]["net"]["attention_resolutions"]
     parse = build_parser().parse_args
@@ -294,7 +295,8 @@ def test_cifar10_recipe_sits_under_config_file_flags_and_set(tmp_path):
     run = tmp_path / "run"  # --resume without --data keeps the run's own recipe
     run.mkdir()
     (run / "config.json").write_text('{"data": {"dataset": "cifar10"}}')
-    assert train_config(parse(["train", "--out", str(run), "--resume"])).data.hflip
+    resumed = train_config(parse(["train", "--out", str(run), "--resume"]))
+    assert resumed.data.dataset == "cifar10" and resumed.data.hflip  # what the checkpoint holds
     assert not train_config(parse(["train", "--out", str(tmp_path), "--resume"])).data.hflip
 
 

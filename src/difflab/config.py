@@ -122,7 +122,7 @@ class TrainConfig:
 # (the MNIST recipe). ``recipe`` applies them before a --config file, flags and --set. CIFAR-10's
 # was chosen in BENCHMARKS.md, "CIFAR-10 recipe".
 RECIPES = {
-    "cifar10": {"data": {"hflip": True}, "net": {"attention_resolutions": [8]},
+    "cifar10": {"data": {"dataset": "cifar10", "hflip": True}, "net": {"attention_resolutions": [8]},
                 "loop": {"out": "runs/cifar10", "minutes": 30.0}, "sample": {"guidance": 2.0}},
 }
 
