@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from difflab.diffusion.mixtures import GaussianMixture
-from difflab.diffusion.samplers import ancestral_step, sample_ddim
+from difflab.diffusion.samplers import MirroredNoise, ancestral_step, noise_like, sample_ddim
 from difflab.diffusion.schedules import karras_sigmas
 from difflab.restoration import (Blur, Downsample, GaussianPrior, Grayscale, Identity, Inpainting,
                                  operator_matrix, repaint_path, restore_ddnm, restore_ddrm,
@@ -293,13 +293,14 @@ def test_inpainting_isotropic_gaussian_matches_posterior(case, iso_problem):
 
 @pytest.mark.parametrize("solver", ["ddnm", "pigdm"])
 def test_mean_of_draws_has_the_draws_mean_and_a_kth_of_their_variance(solver, iso_problem):
-    """restore_mean with K draws: known pixels exactly y (averaging keeps A x = y); unknown pixels
-    keep the one-draw mean and have 1/K of its variance (independent draws), so the estimate's
-    squared error around the posterior mean shrinks by K."""
+    """restore_mean with K independent draws (antithetic=False): known pixels exactly y (averaging
+    keeps A x = y); unknown pixels keep the one-draw mean and have 1/K of its variance, so the
+    estimate's squared error around the posterior mean shrinks by K."""
     fn, options, kind, eta, path = POSTERIOR_CASES[solver]
     prior, op, y = iso_problem
     draws = 4
-    out = restore_mean(fn, draws, prior, y, op, torch.tensor(LEVELS), generator=_gen(13), **options)
+    out = restore_mean(fn, draws, prior, y, op, torch.tensor(LEVELS), generator=_gen(13),
+                       antithetic=False, **options)
     mask = op.mask.expand_as(out)
     assert out.dtype == y.dtype and torch.equal(out[mask], y[mask])
     unknown = out[~mask]
@@ -307,6 +308,49 @@ def test_mean_of_draws_has_the_draws_mean_and_a_kth_of_their_variance(solver, is
     mean, var = chain_moments(LEVELS, eta, kind, path)
     assert abs(unknown.mean().item() - mean) < Z * math.sqrt(var / draws / count)
     assert abs(unknown.var().item() - var / draws) < Z * var / draws * math.sqrt(2 / count)
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
+@pytest.mark.parametrize("sigma_y", [0.0, 0.1])
+def test_antithetic_pair_mean_has_no_monte_carlo_error_where_the_solver_is_affine(solver, sigma_y):
+    """With a Gaussian prior and its exact denoiser every solver is affine in its noise, so the
+    mean of a mirrored pair (restore_mean's default) is the draws' expectation itself: the same
+    for any seed, and equal to the mean of many independent draws up to their Monte Carlo error.
+    The pair's first draw is the plain draw from the same generator, its second the mirror image
+    about that expectation."""
+    fn, options = SOLVERS[solver]
+    prior = _correlated_prior()
+    op = Inpainting(_mask((2, 1, 4, 4), seed=3), sigma_y=sigma_y)
+    y = op.measure(prior.sample(2, _gen(0)), _gen(1))
+    levels = karras_sigmas(8, 0.002, 80.0)
+    pairs = [restore_mean(fn, 2, prior, y, op, levels, generator=_gen(seed), **options)
+             for seed in (2, 3)]
+    assert torch.allclose(pairs[0], pairs[1], atol=1e-9)
+    first = fn(prior, y, op, levels, generator=_gen(2), **options)
+    assert not torch.allclose(first, pairs[0], atol=1e-3)  # one draw is not noise-free
+    noise = MirroredNoise(_gen(2))
+    noise.record()
+    assert torch.equal(fn(prior, y, op, levels, generator=noise, **options), first)
+    noise.mirror()
+    assert torch.allclose(fn(prior, y, op, levels, generator=noise, **options),
+                          2 * pairs[0] - first, atol=1e-9)
+    plain = restore_mean(fn, 400, prior, y, op, levels, generator=_gen(4), antithetic=False,
+                         **options)
+    spread = (first - pairs[0]).abs().max().item()  # one draw's distance from the expectation
+    assert (plain - pairs[0]).abs().max().item() < 0.25 * spread
+
+
+def test_mirrored_noise_refuses_a_replay_that_asks_for_other_noise():
+    noise = MirroredNoise(_gen(0))
+    noise.record()
+    z = noise_like(torch.zeros(2, 3), noise)
+    noise.mirror()
+    assert torch.equal(noise_like(torch.zeros(2, 3), noise), -z)
+    with pytest.raises(RuntimeError, match="other noise"):
+        noise_like(torch.zeros(2, 3), noise)
+    noise.mirror()
+    with pytest.raises(RuntimeError, match="other noise"):
+        noise_like(torch.zeros(3, 3), noise)
 
 
 def test_mean_of_one_draw_is_the_solver_and_draws_are_validated():

@@ -45,8 +45,16 @@ Metrics per test image, averaged over the test images (``--seeds``), from n draw
 Floors for n exact draws (RMS): mean sqrt(tr(P C P) / n) / ||P (m - mu)||; covariance
 sqrt((||C||_F^2 + tr(C)^2) / (n - 1)) / ||C||_F; variance ratio sqrt(2 tr(C^2) / (n - 1)) / tr(C).
 
+Posterior-mean estimators (``--mean-budget B``, instead of the tables above): the mean of K
+draws of DDNM or DDRM at S steps each, K x S = B, averaging independent draws or antithetic pairs
+(``restore_mean``'s default: the second draw of a pair takes the first's noise negated). Each
+estimate is repeated ``--samples`` times (one batch row each); the table gives the RMS over the
+repeats of ||P (m_hat - m)|| / ||P (m - mu)||, averaged over the test images. With this prior the
+solvers are affine in their noise, so an antithetic pair's error is the S-step draws' bias alone.
+
 Run:  python benchmarks/generative/restoration_exact.py [--samples 1500] [--seeds 3]
           [--nfe 10 20 50 100] [--tasks ...] [--methods ...] [--json out.json]
+      python benchmarks/generative/restoration_exact.py --mean-budget 100 [--samples 200]
 """
 from __future__ import annotations
 
@@ -60,7 +68,7 @@ import torch
 from difflab.diffusion.generation import model_sigmas
 from difflab.restoration import (Blur, Downsample, GaussianPrior, Grayscale, Identity, Inpainting,
                                  operator_matrix, repaint_path, restore_ddnm, restore_ddrm,
-                                 restore_pigdm, restore_repaint)
+                                 restore_mean, restore_pigdm, restore_repaint)
 
 NFES = (10, 20, 50, 100)
 TASKS = ("inpaint-box", "inpaint-80", "sr-x2", "denoise-0.2", "denoise-0.5", "deblur", "colorize")
@@ -233,6 +241,34 @@ def run(tasks, methods, nfes, n, seeds):
     return results
 
 
+def mean_estimators(tasks, budget: int, reps: int, seeds: int) -> str:
+    """The markdown table of ``--mean-budget``: RMS relative error of K-draw means, K x S = budget."""
+    splits = [(k, budget // k) for k in (10, 5, 4, 2) if budget % k == 0]
+    lines = [f"| task | solver | {' | '.join(f'{k} x {s}' for k, s in splits)} |",
+             "|---|---|" + "---|" * len(splits)]
+    for task in tasks:
+        for name, solver in (("DDNM", restore_ddnm), ("DDRM", restore_ddrm)):
+            errors = {(k, s, anti): 0.0 for k, s in splits for anti in (False, True)}
+            for seed in range(seeds):
+                g = torch.Generator().manual_seed(1000 * seed + TASKS.index(task))
+                prior, operator, sigma_y = make_task(task, g)
+                y = operator.measure(prior.sample(1, g), g)
+                mean, cov = prior.posterior(operator_matrix(operator, prior.shape), y, sigma_y)
+                P = null_projector(operator, prior.shape) if sigma_y == 0 else \
+                    torch.eye(prior.dim, dtype=torch.float64)
+                shift = (P @ (mean - prior.mean)).norm()
+                for k, s, anti in errors:
+                    denoiser = Counted(prior)
+                    m_hat = restore_mean(solver, k, denoiser, y.expand(reps, *y.shape[1:]), operator,
+                                         model_sigmas(denoiser, s), generator=g, antithetic=anti)
+                    assert denoiser.calls == budget
+                    err = (m_hat.reshape(reps, -1).double() - mean) @ P / shift
+                    errors[k, s, anti] += err.square().sum(1).mean().sqrt().item() / seeds
+            cells = [f"{errors[k, s, False]:.3f} / **{errors[k, s, True]:.3f}**" for k, s in splits]
+            lines.append(f"| {task} | {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def print_task(task, res, nfes):
     f = res["floor"]
     print(f"\n### {task}  (RMS floor: mean {f['mean']:.3f}, cov {f['cov']:.3f}, "
@@ -286,9 +322,18 @@ def main():
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="write all numbers to this file")
+    parser.add_argument("--mean-budget", type=int, default=None,
+                        help="instead: the posterior-mean estimators at this many NFE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    if args.mean_budget is not None:
+        print(f"Posterior-mean estimators at {args.mean_budget} NFE: RMS error over "
+              f"{args.samples} repeats, independent / **antithetic** draws "
+              f"({args.seeds} test images per task)\n")
+        print(mean_estimators(args.tasks, args.mean_budget, args.samples, args.seeds))
+        print(f"\ntotal {time.perf_counter() - start:.1f} s")
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), n = {args.samples}, "
           f"{args.seeds} test images per task")
     results = run(args.tasks, args.methods, args.nfe, args.samples, args.seeds)

@@ -40,8 +40,9 @@ deblur and colorize (``DATA_TASKS``).
 Methods (NFE = network evaluations per image, counted by a wrapper, not assumed):
   difflab DDNM (DDNM+ when noisy), DDRM (eta 0.85), PiGDM (one VJP per step), RePaint (U = 1,
       inpainting tasks): the Karras grid of the run (80 -> 0.002), ``--nfe`` steps, defaults;
-  difflab DDNM mean, PiGDM mean: the mean of 10 such draws (``restore_mean``, an estimate of the
-      posterior mean E[x | y]), 10 x ``--nfe`` network evaluations (``--nfe 10``: 100)
+  difflab DDNM mean, PiGDM mean: the mean of ``--mean-draws`` such draws (default 2, one
+      antithetic pair; ``restore_mean``, an estimate of the posterior mean E[x | y]),
+      ``--mean-draws`` x ``--nfe`` network evaluations (``--nfe 50``: 100)
   deepinv DDRM, DiffPIR, DPS: ``restoration_peers.run_deepinv`` (deepinv's defaults, its own
       physics operators; SR and colorization: difflab's SVD as a ``DecomposablePhysics``, since
       deepinv's ``Downsampling`` has none and ``Decolorize``'s is thin)
@@ -97,7 +98,6 @@ DATA_TASKS = {"mnist": TASKS[:6],
               "cifar10": ("inpaint-box", "inpaint-80", "sr-x4", "denoise-0.2", "denoise-0.5",
                           "deblur", "colorize")}
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}  # data set -> (channels, size)
-MEAN_DRAWS = 10  # "difflab X mean": the mean of 10 draws (restore_mean), 10 x the NFE
 DIFFUSION = ("difflab DDNM", "difflab DDRM", "difflab PiGDM", "difflab RePaint",
              "difflab DDNM mean", "difflab PiGDM mean",
              "deepinv DDRM", "deepinv DiffPIR", "deepinv DPS", "diffusers RePaint")
@@ -185,14 +185,16 @@ def applies(method: str, kind: str) -> bool:
     return method in DIFFUSION or method in CLASSICAL.get(kind, ()) or method == "A^+ y"
 
 
-def run_diffusion(method, task: Task, net: SharedNet, nfe: int, seed: int):
+def run_diffusion(method, task: Task, net: SharedNet, nfe: int, seed: int, mean_draws: int = 2,
+                  antithetic: bool = True):
     """One batch: images in [0, 1]."""
     sigmas = model_sigmas(net, nfe) if nfe else None  # RePaint at its defaults has its own grid
     if method.startswith("difflab"):
         solver = get_solver(method.split()[1].lower())
         g = torch.Generator().manual_seed(seed)
-        draws = MEAN_DRAWS if method.endswith(" mean") else 1
-        x = restore_mean(solver, draws, net, task.y_pm, task.operator, sigmas, generator=g)
+        draws = mean_draws if method.endswith(" mean") else 1
+        x = restore_mean(solver, draws, net, task.y_pm, task.operator, sigmas, generator=g,
+                         antithetic=antithetic)
         return ((x.clamp(-1, 1) + 1) / 2).detach()
     if method.startswith("deepinv"):
         per_image = task.known is not None and task.known.shape[0] > 1 and \
@@ -253,7 +255,7 @@ def score(out01, task: Task, data_dir, with_fid=True, data="mnist") -> dict:
 
 
 # ----- driver ----------------------------------------------------------------------------------
-def run_method(method, task: Task, net, nfe, batch, seed, params):
+def run_method(method, task: Task, net, nfe, batch, seed, params, mean_draws=2, antithetic=True):
     """(images [N, C, H, W] in [0, 1], NFE per image, VJPs per image, seconds)."""
     if method not in DIFFUSION and not method.startswith("diffusers"):
         out, seconds = peers.timed(peers.run_classical, method, task, params)
@@ -262,7 +264,8 @@ def run_method(method, task: Task, net, nfe, batch, seed, params):
     for b, start in enumerate(range(0, len(task.x01), batch)):
         part = subset(task, slice(start, start + batch))
         net.reset()
-        out, dt = peers.timed(run_diffusion, method, part, net, nfe, seed * 1000 + b)
+        out, dt = peers.timed(run_diffusion, method, part, net, nfe, seed * 1000 + b, mean_draws,
+                              antithetic)
         outs.append(out)
         seconds += dt
         calls.add((net.calls, net.vjps))
@@ -281,7 +284,8 @@ def run_task(name, x01, train01, net, args, methods):
         params = tune_classical(method, name, train01, args.seed)
         for nfe in (args.nfe if method in DIFFUSION else [0]):
             out, calls, vjps, seconds = run_method(method, task, net, nfe, args.batch,
-                                                   args.seed, params)
+                                                   args.seed, params, args.mean_draws,
+                                                   not args.independent)
             row = {"method": method, "nfe": calls, "vjp": vjps, "params": params,
                    "seconds_per_image": seconds / len(x01),
                    **score(out, task, args.data_dir, data=args.data)}
@@ -350,6 +354,10 @@ def main():
                         help="tasks to run (default: all of the data set's; none: only the speed "
                              "comparison)")
     parser.add_argument("--methods", nargs="+", default=list(DIFFUSION), choices=DIFFUSION)
+    parser.add_argument("--mean-draws", type=int, default=2,
+                        help="draws averaged by the 'mean' methods (default 2: one antithetic pair)")
+    parser.add_argument("--independent", action="store_true",
+                        help="the 'mean' methods average independent draws, not antithetic pairs")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -384,9 +392,11 @@ def main():
         parser.error(f"{', '.join(wrong)}: not a {args.data} task "
                      f"(choose from {', '.join(allowed)})")
     means = [m for m in args.methods if m.endswith(" mean")]
-    if max(args.nfe) * (MEAN_DRAWS if means else 1) > 100:
+    if args.mean_draws < 1:
+        parser.error(f"--mean-draws {args.mean_draws}: must be at least 1")
+    if max(args.nfe) * (args.mean_draws if means else 1) > 100:
         parser.error(f"--nfe: at most 100 network evaluations per image ({', '.join(means) or 'x'} "
-                     f"use {MEAN_DRAWS} x --nfe)")
+                     f"use {args.mean_draws} x --nfe)")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model = difflab.load(args.run)

@@ -47,7 +47,7 @@ def add_restore_parsers(sub) -> None:
                            help=f"solver (default {DEFAULT_METHOD[task]})")
             p.add_argument("--draws", type=int, default=1, help="average this many restorations "
                            "(a posterior-mean estimate: higher PSNR, blurrier where uncertain; "
-                           "draws x the time; default 1)")
+                           "antithetic pairs; draws x the time; default 1)")
         p.add_argument("--steps", type=int, default=None, help="solver steps (default 50)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--class-label", type=int, help="restore as this class, with the run's "

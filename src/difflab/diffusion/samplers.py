@@ -29,15 +29,46 @@ import torch
 
 def noise_like(x: torch.Tensor, generator) -> torch.Tensor:
     """Standard normal noise shaped like ``x``, on its device, from ``generator``: one
-    ``torch.Generator`` (or None) for the whole tensor, or a sequence of one generator per row of
+    ``torch.Generator`` (or None) for the whole tensor, a sequence of one generator per row of
     ``x`` (see :func:`sample_generators`), each drawing its own row, so that a row's noise does
-    not depend on which other rows share the batch."""
+    not depend on which other rows share the batch, or a :class:`MirroredNoise`."""
+    if isinstance(generator, MirroredNoise):
+        return generator.draw(x)
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     if len(generator) != x.shape[0]:
         raise ValueError(f"{len(generator)} per-row generators for a batch of {x.shape[0]} rows")
     return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device)
                         for g in generator])
+
+
+class MirroredNoise:
+    """A noise source for antithetic pairs of draws (Hammersley & Morton 1956, "A new Monte Carlo
+    technique: antithetic variates"). Between ``record()`` and ``mirror()`` every draw comes from
+    ``generator`` (anything :func:`noise_like` takes) and is kept; after ``mirror()`` the kept draws
+    come back negated, in the same order. A sampler run once in each mode makes two draws, x(z)
+    and x(-z), each distributed as a plain draw; their mean cancels every term odd in the noise,
+    so where the map z -> x is affine (a Gaussian prior with its exact denoiser) the pair's mean is
+    the draws' expectation exactly, with no Monte Carlo error."""
+
+    def __init__(self, generator=None):
+        self.generator, self.kept, self.replay = generator, [], None
+
+    def record(self) -> None:
+        self.kept, self.replay = [], None
+
+    def mirror(self) -> None:
+        self.replay = iter(self.kept)
+
+    def draw(self, x: torch.Tensor) -> torch.Tensor:
+        if self.replay is None:
+            z = noise_like(x, self.generator)
+            self.kept.append(z)
+            return z
+        z = next(self.replay, None)
+        if z is None or z.shape != x.shape:
+            raise RuntimeError("the mirrored draw asks for other noise than the recorded one")
+        return -z
 
 
 def keyed_seed(*keys) -> int:

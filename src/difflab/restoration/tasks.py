@@ -116,8 +116,9 @@ def restore(model, images: torch.Tensor, task: str, *, method: str | None = None
     returns [N, C', H', W'] in [0, 1]. ``task_options``: mask= (inpaint), factor= (upscale),
     sigma= (denoise), kernel= (deblur). Class-conditional models restore unconditionally unless
     ``class_label`` is given (then with the run's guidance, or ``guidance``). ``draws`` > 1
-    returns the mean of that many restorations (``restore_mean``: a posterior-mean estimate,
-    higher PSNR, blurrier where the measurement leaves the image uncertain; not for edit)."""
+    returns the mean of that many restorations, in antithetic pairs (``restore_mean``: a
+    posterior-mean estimate, higher PSNR, blurrier where the measurement leaves the image
+    uncertain; not for edit)."""
     if task not in TASKS:
         raise ValueError(f"unknown restoration task {task!r} (choose from {', '.join(TASKS)})")
     images = torch.as_tensor(images, dtype=torch.float32)
