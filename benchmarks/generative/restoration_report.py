@@ -44,9 +44,16 @@ def acceptance(tasks) -> str:
         return f"{key.split(' @ ')[0]} @ {r['nfe']}" if r["nfe"] else key
 
     def best(rows, names, key, sign, nfe=None):
-        found = [(sign * r[key], label(k, r)) for k, r in rows.items()
+        found = [(sign * r[key], label(k, r), k) for k, r in rows.items()
                  if "fid" in r and k.split(" @ ")[0] in names and nfe in (None, r["nfe"])]
         return (sign * min(found)[0], min(found)[1]) if found else (None, None)
+
+    def paired(rows, names_a, names_b):
+        """PSNR of the best of names_a minus the best of names_b, per image: mean +- 1.96 SE."""
+        a, b = (max((r for k, r in rows.items() if "fid" in r and k.split(" @ ")[0] in names),
+                    key=lambda r: r["psnr"]) for names in (names_a, names_b))
+        d = np.array(a["psnr_per_image"]) - np.array(b["psnr_per_image"])
+        return f"paired {d.mean():+.2f} +- {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.2f} dB"
 
     def rows_of(rows, method):
         return {r["nfe"]: r for k, r in rows.items() if k.split(" @ ")[0] == method and "fid" in r}
@@ -67,7 +74,7 @@ def acceptance(tasks) -> str:
             cells = [f"{f_us:.2f} ({f_us_m}) / {f_cl:.2f} ({f_cl_m}): "
                      f"{'better' if f_us < f_cl else 'worse'}",
                      f"{p_us:.2f} ({p_us_m}) / {p_cl:.2f} ({p_cl_m}): "
-                     f"{'better' if p_us > p_cl else 'worse'}"]
+                     f"{'better' if p_us > p_cl else 'worse'} ({paired(rows, ours, classical)})"]
         ours_ddrm, theirs = rows_of(rows, "difflab DDRM"), rows_of(rows, "deepinv DDRM")
         cells.append("; ".join(f"{ours_ddrm[n]['psnr']:.2f} / {theirs[n]['psnr']:.2f}, "
                                f"{ours_ddrm[n]['fid']:.2f} / {theirs[n]['fid']:.2f} ({n})"
