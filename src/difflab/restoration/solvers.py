@@ -335,15 +335,21 @@ def restore_mean(solver, draws: int, denoiser, y, operator, sigmas, cond=None, g
     draw (known pixels exact). Accumulated in float64 whatever the draws' dtype."""
     if isinstance(draws, bool) or int(draws) != draws or draws < 1:
         raise ValueError(f"draws={draws}: must be an integer >= 1")
-    noise = MirroredNoise(generator) if antithetic else generator
+    draws = int(draws)
+    mirrored = MirroredNoise(generator) if antithetic and draws > 1 else None
     total = None
-    for k in range(int(draws)):
-        if antithetic:
-            noise.record() if k % 2 == 0 else noise.mirror()
+    for k in range(draws):
+        noise = generator  # an unpaired draw keeps no noise
+        if mirrored is not None and k % 2 == 1:
+            mirrored.mirror()
+            noise = mirrored
+        elif mirrored is not None and k + 1 < draws:
+            mirrored.record()
+            noise = mirrored
         x = solver(denoiser, y, operator, sigmas, cond=cond, generator=noise,
                    callback=callback, **options)
         total = x.double() if total is None else total + x.double()
-    return (total / int(draws)).to(x.dtype)
+    return (total / draws).to(x.dtype)
 
 
 SOLVERS = {"ddnm": restore_ddnm, "ddrm": restore_ddrm, "pigdm": restore_pigdm,
