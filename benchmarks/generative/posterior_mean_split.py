@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -29,11 +28,7 @@ from difflab.data import load_pixels  # noqa: E402
 from difflab.diffusion.generation import model_sigmas  # noqa: E402
 from difflab.restoration import restore_ddnm, restore_mean  # noqa: E402
 from restoration_quality import SharedNet, make_task, psnr, ssim  # noqa: E402
-
-
-def interval(values: np.ndarray, digits: int) -> str:
-    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
-    return f"{values.mean():+.{digits}f} +- {half:.{digits}f}"
+from restoration_report import mean_interval  # noqa: E402
 
 
 def main():
@@ -51,12 +46,17 @@ def main():
     for text in args.configs:
         mode, _, split = text.partition(":")
         draws, _, steps = split.partition("x")
-        if mode not in ("plain", "anti") or not (draws.isdigit() and steps.isdigit()):
-            parser.error(f"--configs {text!r}: expected plain:KxS or anti:KxS, e.g. anti:2x50")
+        if mode not in ("plain", "anti") or not (draws.isdigit() and steps.isdigit()) \
+                or int(draws) < 1 or int(steps) < 1:
+            parser.error(f"--configs {text!r}: expected plain:KxS or anti:KxS with K, S >= 1, "
+                         "e.g. anti:2x50")
         configs.append((text, mode == "anti", int(draws), int(steps)))
     torch.set_num_threads(args.threads)
     net = SharedNet(difflab.load(args.run))
     pixels = load_pixels(args.data, args.data_dir, "test")[0][args.first:args.first + args.n]
+    if len(pixels) < 2:
+        parser.error(f"--first {args.first} --n {args.n}: {len(pixels)} {args.data} test image(s) "
+                     "there; the intervals need at least 2")
     x01 = torch.from_numpy(pixels).float() / 255
     x01 = x01[:, None] if x01.dim() == 3 else x01
     task = make_task("inpaint-box", x01, seed=0)
@@ -72,8 +72,8 @@ def main():
                          antithetic=antithetic)
         out01 = ((x.clamp(-1, 1) + 1) / 2).float()
         p, s = psnr(out01, x01), ssim(out01, x01)
-        print(f"{text:<12} NFE {net.calls:>4}  PSNR {p.mean():.3f} ({interval(p - base_p, 3)})  "
-              f"SSIM {s.mean():.4f} ({interval(s - base_s, 4)})  "
+        print(f"{text:<12} NFE {net.calls:>4}  PSNR {p.mean():.3f} ({mean_interval(p - base_p, 3)})  "
+              f"SSIM {s.mean():.4f} ({mean_interval(s - base_s, 4)})  "
               f"{time.perf_counter() - started:.0f} s", flush=True)
 
 

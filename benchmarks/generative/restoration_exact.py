@@ -328,6 +328,9 @@ def main():
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.mean_budget is not None:
+        if args.mean_budget < 2 or args.mean_budget % 2:
+            parser.error(f"--mean-budget {args.mean_budget}: must be an even number of NFE >= 2 "
+                         "(its splits K x S include one pair, K = 2)")
         print(f"Posterior-mean estimators at {args.mean_budget} NFE: RMS error over "
               f"{args.samples} repeats, independent / **antithetic** draws "
               f"({args.seeds} test images per task)\n")

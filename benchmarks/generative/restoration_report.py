@@ -11,6 +11,13 @@ import numpy as np
 import restoration_quality as rq
 
 
+def mean_interval(values, digits: int = 2) -> str:
+    """``mean +- half``: the mean and 1.96 standard errors (a normal-approximation 95% interval)."""
+    values = np.asarray(values, dtype=float)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    return f"{values.mean():+.{digits}f} +- {half:.{digits}f}"
+
+
 def table(name, rows) -> str:
     lines = [f"#### {name}", "", "| method | NFE (VJP) | PSNR | SSIM | FID | s/image |",
              "|---|---|---|---|---|---|"]
@@ -43,17 +50,15 @@ def acceptance(tasks) -> str:
     def label(key, r):
         return f"{key.split(' @ ')[0]} @ {r['nfe']}" if r["nfe"] else key
 
-    def best(rows, names, key, sign, nfe=None):
-        found = [(sign * r[key], label(k, r), k) for k, r in rows.items()
+    def best_row(rows, names, key, sign, nfe=None):
+        """(value, label, row) of the best row of ``names`` by ``key``, None if there is none."""
+        found = [(sign * r[key], label(k, r), r) for k, r in rows.items()
                  if "fid" in r and k.split(" @ ")[0] in names and nfe in (None, r["nfe"])]
-        return (sign * min(found)[0], min(found)[1]) if found else (None, None)
+        value, name, row = min(found, key=lambda f: f[:2]) if found else (None, None, None)
+        return (None if value is None else sign * value), name, row
 
-    def paired(rows, names_a, names_b):
-        """PSNR of the best of names_a minus the best of names_b, per image: mean +- 1.96 SE."""
-        a, b = (max((r for k, r in rows.items() if "fid" in r and k.split(" @ ")[0] in names),
-                    key=lambda r: r["psnr"]) for names in (names_a, names_b))
-        d = np.array(a["psnr_per_image"]) - np.array(b["psnr_per_image"])
-        return f"paired {d.mean():+.2f} +- {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.2f} dB"
+    def best(rows, names, key, sign, nfe=None):
+        return best_row(rows, names, key, sign, nfe)[:2]
 
     def rows_of(rows, method):
         return {r["nfe"]: r for k, r in rows.items() if k.split(" @ ")[0] == method and "fid" in r}
@@ -66,15 +71,16 @@ def acceptance(tasks) -> str:
         classical = rq.CLASSICAL[rq.make_kind(name)] or ("A^+ y",)
         f_us, f_us_m = best(rows, ours, "fid", 1)
         f_cl, f_cl_m = best(rows, classical, "fid", 1)
-        p_us, p_us_m = best(rows, ours, "psnr", -1)
-        p_cl, p_cl_m = best(rows, classical, "psnr", -1)
+        p_us, p_us_m, p_us_row = best_row(rows, ours, "psnr", -1)
+        p_cl, p_cl_m, p_cl_row = best_row(rows, classical, "psnr", -1)
         if f_us is None:  # a run of peers only (say, a method subset run in parallel)
             cells = ["-", "-"]
         else:
+            gain = np.subtract(p_us_row["psnr_per_image"], p_cl_row["psnr_per_image"])
             cells = [f"{f_us:.2f} ({f_us_m}) / {f_cl:.2f} ({f_cl_m}): "
                      f"{'better' if f_us < f_cl else 'worse'}",
                      f"{p_us:.2f} ({p_us_m}) / {p_cl:.2f} ({p_cl_m}): "
-                     f"{'better' if p_us > p_cl else 'worse'} ({paired(rows, ours, classical)})"]
+                     f"{'better' if p_us > p_cl else 'worse'} (paired {mean_interval(gain)} dB)"]
         ours_ddrm, theirs = rows_of(rows, "difflab DDRM"), rows_of(rows, "deepinv DDRM")
         cells.append("; ".join(f"{ours_ddrm[n]['psnr']:.2f} / {theirs[n]['psnr']:.2f}, "
                                f"{ours_ddrm[n]['fid']:.2f} / {theirs[n]['fid']:.2f} ({n})"
