@@ -91,3 +91,25 @@ def test_unet_shapes_and_classes():
         UNetConfig(channel_mult=(1, 2, 2, 2)).validate(DataShape(1, (14, 14)))
     with pytest.raises(ValueError, match="unknown parameterization 'score'"):
         Denoiser(net, "score")
+
+
+def test_patched_unet_is_the_plain_unet_on_the_space_to_depth_image():
+    """patch_size p: the U-Net of p^2 C channels at H/p, between pixel_unshuffle and pixel_shuffle
+    (the same weights, drawn in the same order), exactly; and the sizes it refuses."""
+    config = dict(channels=16, channel_mult=(1, 2), attention_resolutions=(7,), groups=4)
+    torch.manual_seed(3)
+    patched = UNet(UNetConfig(patch_size=2, **config), DataShape(1, (28, 28), 10))
+    torch.manual_seed(3)
+    plain = UNet(UNetConfig(**config), DataShape(4, (14, 14), 10))
+    for p in (*patched.parameters(), *plain.parameters()):
+        p.data.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))
+    x, c_noise, label = torch.randn(3, 1, 28, 28), torch.randn(3), torch.tensor([0, 9, -1])
+    expected = torch.nn.functional.pixel_shuffle(
+        plain(torch.nn.functional.pixel_unshuffle(x, 2), c_noise, label), 2)
+    assert torch.allclose(patched(x, c_noise, label), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="net.patch_size=3 does not divide the image size 28"):
+        UNetConfig(patch_size=3).validate(DataShape(1, (28, 28)))
+    with pytest.raises(ValueError, match="cannot be halved"):  # 28 / 2 = 14 -> 7 -> odd
+        UNetConfig(patch_size=2, channel_mult=(1, 2, 2)).validate(DataShape(1, (28, 28)))
+    with pytest.raises(ValueError, match="net.patch_size=0 must be at least 1"):
+        UNetConfig(patch_size=0).validate()

@@ -292,12 +292,33 @@ def test_cifar10_recipe_sits_under_config_file_flags_and_set(tmp_path):
     toml.write_text('[data]\ndataset = "cifar10"\n[loop]\nout = "runs/x"\n')
     config = train_config(parse(["train", "--config", str(toml)]))
     assert config.data.hflip and config.loop.out == "runs/x"
-    run = tmp_path / "run"  # --resume without --data keeps the run's own recipe
+    run = tmp_path / "run"  # --resume without --data keeps the run's own config
     run.mkdir()
-    (run / "config.json").write_text('{"data": {"dataset": "cifar10"}}')
+    saved = recipe("cifar10", "bf16")
+    saved.net.channels = 16  # not what any recipe says: the run's own config is the base
+    (run / "config.json").write_text(json.dumps(saved.to_dict()))
     resumed = train_config(parse(["train", "--out", str(run), "--resume"]))
     assert resumed.data.dataset == "cifar10" and resumed.data.hflip  # what the checkpoint holds
+    assert resumed.net.channels == 16 and resumed.net.patch_size == 1
+    assert train_config(parse(["train", "--out", str(run), "--resume", "--minutes", "2"])
+                        ).loop.minutes == 2
     assert not train_config(parse(["train", "--out", str(tmp_path), "--resume"])).data.hflip
+
+
+def test_fp32_recipe_goes_on_top_where_training_runs_in_fp32():
+    from difflab.cli import build_parser
+    from difflab.cli.train import train_config
+    from difflab.config import FP32_RECIPES, TrainConfig, recipe
+
+    assert recipe("mnist", "bf16") == TrainConfig()
+    fp32 = recipe("mnist", "fp32")
+    assert fp32.net.patch_size == FP32_RECIPES["mnist"]["net"]["patch_size"] > 1
+    assert recipe("cifar10", "fp32") == recipe("cifar10", "bf16")  # CIFAR-10 keeps its recipe
+    parse = build_parser().parse_args
+    assert train_config(parse(["train", "--precision", "fp32"])).net == fp32.net
+    assert train_config(parse(["train", "--precision", "bf16"])).net == TrainConfig().net
+    assert train_config(parse(["train", "--precision", "fp32", "--set", "net.patch_size=1"])
+                        ).net.patch_size == 1  # --set goes on top of the recipe
 
 
 def test_shards_cover_the_items_in_order_in_whole_blocks(monkeypatch):

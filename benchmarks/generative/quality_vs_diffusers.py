@@ -1,7 +1,10 @@
 """Sample quality per CPU budget: difflab's recipe (MNIST or CIFAR-10) against Hugging Face
 diffusers' UNet2DModel + DDPMScheduler trained for the same number of minutes (or steps), then
 sampled with 50 DDIM steps (diffusers) and difflab's default sampler, both scored with the same
-feature network (FID/KID with difflab's features, 1,000 samples against the test split).
+feature networks (FID/KID/precision/recall in each of difflab's feature spaces: two for MNIST;
+1,000 samples against the test split). Each side's training images/s and achieved GFLOP/s
+(training FLOPs per image from ``torch.utils.flop_counter``) are printed beside the scores, with
+the best GFLOP/s of a dense 3x3 convolution on this CPU as the yardstick.
 
     python benchmarks/generative/quality_vs_diffusers.py --minutes 10 --data-dir ../shared/data
     python benchmarks/generative/quality_vs_diffusers.py --diffusers-steps 1750 --difflab-run runs/mnist
@@ -42,6 +45,8 @@ def train_diffusers(images: torch.Tensor, minutes: float | None, steps: int | No
     g = torch.Generator().manual_seed(seed)
     started, step = time.perf_counter(), 0
     while (steps is None or step < steps) and (minutes is None or time.perf_counter() - started < 60 * minutes):
+        if step == 1:  # the first step (kernel warm-up) is not timed, as in difflab's log
+            started = time.perf_counter()
         x0 = images[torch.randint(len(images), (batch,), generator=g)]
         if flips:
             mirror = torch.rand(batch, generator=g) < 0.5
@@ -59,6 +64,45 @@ def train_diffusers(images: torch.Tensor, minutes: float | None, steps: int | No
         step += 1
     ema.copy_to(model.parameters())
     return model, step, time.perf_counter() - started
+
+
+def diffusers_train_flops(model, channels: int, size: int, batch: int) -> float:
+    """Training FLOPs per image of a UNet2DModel step (forward, MSE, backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, t = torch.randn(batch, channels, size, size), torch.randint(0, 1000, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.mse_loss(model(x, t).sample, x).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def difflab_train_flops(run_dir, batch: int) -> float:
+    """Training FLOPs per image of the run's network (forward, loss, backward), fp32."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from difflab.diffusion.loss import denoising_loss
+    from difflab.training.checkpoint import load_denoiser
+
+    denoiser, config, shape = load_denoiser(run_dir, ema=False)
+    denoiser.train().requires_grad_(True)
+    x0 = torch.rand(batch, *shape.item) * 2 - 1
+    cond = torch.zeros(batch, dtype=torch.long) if shape.num_classes else None
+    with FlopCounterMode(display=False) as counter:
+        denoising_loss(denoiser, x0, torch.ones(batch), torch.randn_like(x0), cond,
+                       config.diffusion.weighting, config.diffusion.min_snr_gamma).backward()
+    return counter.get_total_flops() / batch
+
+
+def scores(result: dict) -> str:
+    """FID, KID, precision and recall in every feature space of an evaluate_images result."""
+    parts = []
+    for prefix in ("", "alt_"):
+        if prefix + "fid" in result:
+            parts.append(f"[{result[prefix + 'features']}] FID {result[prefix + 'fid']:.2f} "
+                         f"KID {result[prefix + 'kid']:.4f} precision "
+                         f"{result[prefix + 'precision']:.3f} recall {result[prefix + 'recall']:.3f}")
+    return "; ".join(parts)
 
 
 @torch.no_grad()
@@ -104,13 +148,21 @@ def main() -> None:
 
     images = load_dataset(args.data, args.data_dir, "train").images
     reference = f"{args.data}-test"
+    from cpu_speed import dense_conv_gflops
+
+    peak = dense_conv_gflops()
+    print(f"torch {torch.__version__}, ATen capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads; dense 3x3 convolution: {peak:.0f} GFLOP/s")
     model, steps, seconds = train_diffusers(images, args.minutes, args.diffusers_steps, args.batch,
                                             args.seed, flips=args.data == "cifar10")
-    print(f"diffusers UNet2DModel: {sum(p.numel() for p in model.parameters()):,} parameters")
+    flops = diffusers_train_flops(model, images.shape[1], images.shape[-1], args.batch)
+    rate = (steps - 1) * args.batch / seconds
+    print(f"diffusers UNet2DModel: {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{flops / 1e6:.0f} training MFLOP/image, {rate:.0f} images/s, "
+          f"{flops * rate / 1e9:.0f} GFLOP/s ({flops * rate / 1e9 / peak:.0%} of the dense convolution)")
     diffusers_samples = sample_diffusers(model, args.n, args.seed)
     theirs = evaluate_images(diffusers_samples, reference, args.data_dir)
-    print(f"diffusers: {steps} steps in {seconds / 60:.1f} min, FID {theirs['fid']:.2f}, "
-          f"KID {theirs['kid']:.4f}, precision {theirs['precision']:.3f}, recall {theirs['recall']:.3f}")
+    print(f"diffusers: {steps} steps in {seconds / 60:.1f} min, {scores(theirs)}")
     if args.diffusers_only:
         from pathlib import Path
 
@@ -133,12 +185,20 @@ def main() -> None:
         finish_run(run_dir, 0)
     info = read_checkpoint(run_dir)[0]
     ours_steps, ours_seconds = info["step"], info["train_seconds"]
+    batch = info["images_seen"] // max(ours_steps, 1)
+    flops = difflab_train_flops(run_dir, batch)
+    rate = info["images_seen"] / ours_seconds
+    print(f"difflab {load(run_dir).config.net.kind}: {flops / 1e6:.0f} training MFLOP/image, "
+          f"{rate:.0f} images/s, {flops * rate / 1e9:.0f} GFLOP/s "
+          f"({flops * rate / 1e9 / peak:.0%} of the dense convolution; {info.get('precision')})")
     ours = evaluate_images(load(run_dir).generate(args.n, seed=args.seed), reference,
                            args.data_dir)
-    print(f"difflab:   {ours_steps} steps in {ours_seconds / 60:.1f} min, FID {ours['fid']:.2f}, "
-          f"KID {ours['kid']:.4f}, precision {ours['precision']:.3f}, recall {ours['recall']:.3f}")
-    print(f"FID ratio diffusers / difflab: {theirs['fid'] / ours['fid']:.2f}x "
-          f"(features: {ours['features']}; real-vs-real floor at N={args.n}: {ours['fid_floor']:.2f})")
+    print(f"difflab:   {ours_steps} steps in {ours_seconds / 60:.1f} min, {scores(ours)}")
+    for prefix in ("", "alt_"):
+        if prefix + "fid" in ours:
+            print(f"FID ratio diffusers / difflab [{ours[prefix + 'features']}]: "
+                  f"{theirs[prefix + 'fid'] / ours[prefix + 'fid']:.2f}x (real-vs-real floor at "
+                  f"N={args.n}: {ours[prefix + 'fid_floor']:.2f})")
 
 
 if __name__ == "__main__":

@@ -119,6 +119,17 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def fast_layout(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` with its 4-D (convolution) weights in channels-last layout on a CPU, where
+    oneDNN then runs the convolutions with activations in that layout too: for the MNIST U-Nets
+    a training step is 1.1-1.2x and a sampling forward pass 1.5-1.7x as fast as in the default
+    layout (``benchmarks/generative/cpu_speed.py``). Elsewhere the module is left as it is.
+    Same arithmetic up to float rounding; checkpoints store the weights contiguous either way."""
+    if device.type == "cpu":
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
 def model_device(module) -> torch.device:
     """The device of a module's first parameter or buffer (cpu for a module without either)."""
     for tensor in (*module.parameters(), *module.buffers()):

@@ -1,5 +1,6 @@
-"""Training progress: a tqdm bar on a terminal, a plain line every few percent elsewhere (a log
-file, CI), so progress stays visible when output goes to a file."""
+"""Progress of the long phases (training, drawing samples, scoring): a tqdm bar on a terminal, a
+plain line every few percent elsewhere (a log file, CI), so progress stays visible when output
+goes to a file."""
 from __future__ import annotations
 
 import sys
@@ -8,15 +9,15 @@ from tqdm import tqdm
 
 
 class Progress:
-    """Progress of a run that stops after ``steps`` steps or ``seconds`` of training, whichever
-    comes first (either may be None)."""
+    """Progress of a phase that stops after ``steps`` steps (or items) or ``seconds``, whichever
+    comes first (either may be None); ``label`` and ``unit`` name the phase and what it counts."""
 
     def __init__(self, steps: int | None, seconds: float | None, step: int = 0, stream=None,
-                 every_percent: int = 5):
+                 every_percent: int = 5, label: str = "train", unit: str = "step"):
         self.steps, self.seconds, self.stream = steps, seconds, stream or sys.stderr
-        self.every = every_percent
+        self.every, self.label, self.unit = every_percent, label, unit
         self.terminal = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.bar = tqdm(total=steps, initial=step, unit="step", dynamic_ncols=True,
+        self.bar = tqdm(total=steps, initial=step, unit=unit, desc=label, dynamic_ncols=True,
                         mininterval=1.0, file=self.stream) if self.terminal else None
         self.last_percent = None
 
@@ -26,7 +27,8 @@ class Progress:
         return min(1.0, max(parts))
 
     def update(self, step: int, train_seconds: float, **values) -> None:
-        """Report that ``step`` steps took ``train_seconds``; ``values`` are shown beside it."""
+        """Report that ``step`` steps (items) took ``train_seconds``; ``values`` are shown beside
+        it."""
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             if values:
@@ -36,8 +38,8 @@ class Progress:
         if self.last_percent is None or percent > self.last_percent:
             self.last_percent = percent
             shown = " ".join(f"{k} {v}" for k, v in values.items())
-            print(f"train: {percent:3d}% step {step} {train_seconds / 60:.1f} min {shown}".rstrip(),
-                  file=self.stream, flush=True)
+            print(f"{self.label}: {percent:3d}% {self.unit} {step} {train_seconds / 60:.1f} min "
+                  f"{shown}".rstrip(), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

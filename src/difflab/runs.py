@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from difflab.config import TrainConfig, update, validate
-from difflab.device import resolve_device, resolve_precision
+from difflab.device import fast_layout, resolve_device, resolve_precision
 from difflab.diffusion.generation import generate, model_sigmas
 from difflab.evaluation.evaluate import (SHAPES, difflab_extractor, evaluate_images,
                                          extractors_for, floor_reference, reference_features)
 from difflab.evaluation.metrics import MetricsError
 from difflab.evaluation.report import save_grid, save_npz, write_report
+from difflab.progress import Progress
 from difflab.training.checkpoint import load_denoiser, read_checkpoint
 from difflab.training.train import train
 
@@ -171,7 +172,8 @@ def load(path, device: str | None = None, precision: str | None = None) -> Model
     else:
         resolved = resolve_device(device)
     chosen, reason = resolve_precision(precision or config.run.precision, resolved)
-    return Model(denoiser.to(resolved), config, shape, Path(path), chosen, reason)
+    return Model(fast_layout(denoiser.to(resolved), resolved), config, shape, Path(path), chosen,
+                 reason)
 
 
 def make_training_evaluator(config: TrainConfig, precision: str):
@@ -230,7 +232,9 @@ def finish_run(run_dir, n: int | None = None, **sampling) -> Path:
     calls = []  # batch size of every network evaluation
     hook = model.denoiser.net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     started = time.perf_counter()
-    images = model.generate(max(n, 64), seed=1234)
+    progress = Progress(max(n, 64), None, label="sample", unit="image", every_percent=25)
+    images = model.generate(max(n, 64), seed=1234, progress=progress.update)
+    progress.close()
     seconds = time.perf_counter() - started
     hook.remove()
     save_grid(images[:64], run_dir / "samples.png")
@@ -266,7 +270,7 @@ def score_samples(images: torch.Tensor, config: TrainConfig) -> dict | None:
     if dataset not in SHAPES or config.data.image_size not in (None, SHAPES[dataset][1]) \
             or len(images) < 2:
         return None
-    result = evaluate_images(images, f"{dataset}-test", config.data.data_dir)
+    result = evaluate_images(images, f"{dataset}-test", config.data.data_dir, verbose=True)
     spaces = {result[f"{prefix}features"]: {key: result[prefix + key] for key in PER_SPACE
                                              if prefix + key in result}
               for prefix in ("", "alt_") if f"{prefix}features" in result}

@@ -63,9 +63,11 @@ def add_train_parser(sub) -> None:
 
 
 def train_config(args):
-    """The TrainConfig of ``difflab train`` arguments: the data set's recipe (``config.recipe``),
-    then --config, then flags, then --set; validated."""
+    """The TrainConfig of ``difflab train`` arguments: the data set's recipe for the precision
+    it will train in (``config.recipe``; a resumed run's own saved config instead), then
+    --config, then flags, then --set; validated."""
     from difflab.config import ConfigError, load_file, parse_overrides, recipe, update, validate
+    from difflab.device import resolve_device, resolve_precision
 
     from_file = load_file(args.config) if args.config else {}
     overrides = parse_overrides(args.set)
@@ -74,10 +76,11 @@ def train_config(args):
         return (overrides.get(section, {}).get(name) or getattr(args, f"{section}.{name}", None)
                 or from_file.get(section, {}).get(name))
 
-    dataset = given("data", "dataset")
-    if dataset is None and args.resume:  # a resumed run keeps its data set's recipe
-        dataset = saved_dataset(Path(given("loop", "out") or recipe().loop.out))
-    config = recipe(str(dataset or "mnist"))  # the recipe, under the file, flags and --set
+    config = saved_config(Path(given("loop", "out") or recipe().loop.out)) if args.resume else None
+    if config is None:  # a new run (or one whose config cannot be read: training says why)
+        precision, _ = resolve_precision(str(given("run", "precision") or "auto"),
+                                         resolve_device(str(given("run", "device") or "cpu")))
+        config = recipe(str(given("data", "dataset") or "mnist"), precision)
     try:
         update(config, from_file)
     except ConfigError as e:  # an unknown field or a value of the wrong type: name the file
@@ -95,14 +98,18 @@ def train_config(args):
     return validate(config)
 
 
-def saved_dataset(run_dir: Path) -> str | None:
-    """The data set of the run in ``run_dir`` (its config.json), None if there is none to read
-    (then training refuses the resume with its own message)."""
+def saved_config(run_dir: Path):
+    """The TrainConfig the run in ``run_dir`` was trained with (its config.json), so that a
+    resume keeps its recipe whatever this machine's recipe would be; None if there is none to
+    read (then training refuses the resume with its own message)."""
     import json
 
+    from difflab.config import ConfigError, from_dict, upgrade_legacy
+
     try:
-        return json.loads((run_dir / "config.json").read_text())["data"]["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = json.loads((run_dir / "config.json").read_text())
+        return from_dict(upgrade_legacy(saved, str(run_dir / "config.json"))[0])
+    except (OSError, ValueError, TypeError, AttributeError, ConfigError):
         return None
 
 

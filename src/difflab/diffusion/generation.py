@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import torch
 
@@ -126,7 +127,7 @@ def class_labels(start: int, count: int, num_classes: int, class_label: int | No
 def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, steps: int,
              grid=None, guidance: float = 1.0, seed: int = 0,
              batch_size: int = 250, class_label: int | None = None, precision: str = "fp32",
-             start: int = 0, **options) -> torch.Tensor:
+             start: int = 0, progress=None, **options) -> torch.Tensor:
     """Samples ``start`` .. ``start + n - 1`` in [-1, 1], float32, shape ``[n, *item_shape]``, on
     the denoiser's device.
 
@@ -137,7 +138,8 @@ def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, st
     at a multiple of ``batch_size`` (the batches are then the same), else up to float rounding
     (some kernels' results depend on the batch size in the last bits). ``precision`` is a
     resolved precision ('bf16' or 'fp32', see ``difflab.device``); guidance applies to
-    conditional models. Raises ValueError if any sample is not finite."""
+    conditional models; ``progress(done, seconds)``, if given, is called after every batch.
+    Raises ValueError if any sample is not finite."""
     get_sampler(sampler)
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
@@ -150,7 +152,7 @@ def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, st
     device = model_device(denoiser)
     was_training = denoiser.training
     denoiser.eval()
-    chunks = []
+    chunks, started = [], time.perf_counter()
     try:
         for first in range(start, start + n, batch_size):
             count = min(batch_size, start + n - first)
@@ -160,6 +162,8 @@ def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, st
                 chunks.append(sample(denoiser, (count, *item_shape), sampler, steps, grid, cond=cond,
                                      generator=sample_generators(seed, first, count, device),
                                      guidance_scale=guidance if num_classes else 1.0, **options))
+            if progress is not None:
+                progress(first + count - start, time.perf_counter() - started)
     finally:
         denoiser.train(was_training)
     images = torch.cat(chunks).float()

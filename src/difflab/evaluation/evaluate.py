@@ -167,6 +167,8 @@ def evaluate_images(images: torch.Tensor, reference: str = "mnist-test", data_di
     for prefix, ex in extractors:
         ref, _ = reference_features(reference, ex, data_dir, verbose)
         pool, _ = reference_features(floor_reference(reference), ex, data_dir, verbose)
+        if verbose:
+            print(f"score: {len(images)} samples in {ex.name} features", file=sys.stderr, flush=True)
         fake, probs = ex(images)
         for key, value in score_features(fake, probs, ref, pool, seed, kid_subsets).items():
             result[prefix + key] = value

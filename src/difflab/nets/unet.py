@@ -29,6 +29,7 @@ class UNetConfig:
     dropout: float = 0.0
     groups: int = 8
     out_channels: int | None = None
+    patch_size: int = 1              # p x p pixels -> one position of p^2 channels at the stem
 
     def validate(self, shape: DataShape | None = None) -> "UNetConfig":
         """Check the options, and against ``shape`` (if given) that the image can be halved."""
@@ -46,11 +47,16 @@ class UNetConfig:
                              "must be at least 1")
         if self.out_channels is not None and self.out_channels < 1:
             raise ValueError(f"net.out_channels={self.out_channels} must be at least 1")
+        if self.patch_size < 1:
+            raise ValueError(f"net.patch_size={self.patch_size} must be at least 1")
         if shape is None:
             return self
         if len(shape.size) != 2 or shape.size[0] != shape.size[1]:
             raise ValueError(f"net.kind=unet needs square images, got data of size {shape.size}")
-        size = shape.size[0]
+        if shape.size[0] % self.patch_size:
+            raise ValueError(f"net.patch_size={self.patch_size} does not divide the image size "
+                             f"{shape.size[0]}")
+        size = shape.size[0] // self.patch_size
         for _ in self.channel_mult[1:]:
             if size % 2:
                 raise ValueError(f"net: image size {shape.size[0]} cannot be halved "
@@ -124,11 +130,12 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Index num_classes is the "no label" token used for classifier-free guidance.
         self.class_emb = nn.Embedding(shape.num_classes + 1, emb_dim) if shape.num_classes else None
-        self.stem = nn.Conv2d(shape.channels, ch, 3, padding=1)
+        p = config.patch_size  # space-to-depth: [C, H, W] -> [C p^2, H/p, W/p] (and back at the end)
+        self.stem = nn.Conv2d(shape.channels * p * p, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
         skip_channels = [ch]
-        c, size = ch, shape.size[0]
+        c, size = ch, shape.size[0] // p
         for level, mult in enumerate(config.channel_mult):
             for _ in range(config.num_res_blocks):
                 block = nn.ModuleList([ResBlock(c, ch * mult, emb_dim, groups, config.dropout)])
@@ -161,7 +168,7 @@ class UNet(nn.Module):
                 self.up.append(block)
 
         self.out_norm = nn.GroupNorm(groups, c)
-        self.out = nn.Conv2d(c, config.out_channels or shape.channels, 3, padding=1)
+        self.out = nn.Conv2d(c, (config.out_channels or shape.channels) * p * p, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -179,7 +186,8 @@ class UNet(nn.Module):
             cond = torch.full((x.shape[0],), null, device=x.device) if cond is None else \
                 torch.where(cond < 0, null, cond)
             emb = emb + self.class_emb(cond)
-        h = self.stem(x)
+        p = self.config.patch_size
+        h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)
         skips = [h]
         for block in self.down:
             h = self._run(block, h, emb)
@@ -187,4 +195,5 @@ class UNet(nn.Module):
         h = self._run(self.mid, h, emb)
         for block in self.up:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(F.silu(self.out_norm(h)))
+        out = self.out(F.silu(self.out_norm(h)))
+        return F.pixel_shuffle(out, p) if p > 1 else out

@@ -181,6 +181,15 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    # load_state_dict hands back the saved (contiguous) layout; torch's fused CPU AdamW walks the
+    # raw memory of a parameter and its moments alike, so a channels-last parameter
+    # (device.fast_layout) with contiguous moments would be updated wrongly without an error.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            per_param = optimizer.state.get(p, {})
+            for key, value in per_param.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    per_param[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def checkpoint_config(info: dict, where) -> tuple:

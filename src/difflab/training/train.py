@@ -40,7 +40,7 @@ import torch
 from difflab.config import ConfigError, TrainConfig, trajectory, validate
 from difflab.data import load_dataset
 from difflab.data.shape import DataShape
-from difflab.device import autocast, resolve_device, resolve_precision
+from difflab.device import autocast, fast_layout, resolve_device, resolve_precision
 from difflab.diffusion.denoiser import build_denoiser
 from difflab.diffusion.generation import generate, machine_memory
 from difflab.diffusion.loss import denoising_loss
@@ -196,7 +196,7 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
     share = batch // world  # this rank's samples of every global batch
 
     torch.manual_seed(run.seed)
-    denoiser = build_denoiser(config, shape).to(device)
+    denoiser = fast_layout(build_denoiser(config, shape).to(device), device)
     ema = EMA(denoiser.net, opt_cfg.ema_half_life_images, opt_cfg.ema_rampup_ratio)
     optimizer = make_optimizer(denoiser.net, config, device)
     alpha_bar = make_alpha_bar(diff.schedule, diff.timesteps) if diff.density == "ddpm" else None
