@@ -67,8 +67,11 @@ def worker(phase: str, root: Path) -> None:
     if phase == "train":
         train(tiny_config(root / "whole", folder=images))
         train(tiny_config(root / "part", steps=HALF, folder=images))
+        disagree = tiny_config(root / "disagree", folder=images)
+        disagree.run.seed = rank  # as if each machine's recipe differed
         for name, config in (("odd", tiny_config(root / "odd", batch=15, folder=images)),
-                             ("taken", tiny_config(root / "whole", folder=images))):
+                             ("taken", tiny_config(root / "whole", folder=images)),
+                             ("disagree", disagree)):
             try:
                 train(config)
                 message = "no error"
@@ -160,6 +163,9 @@ def test_batch_not_divisible_and_refused_directory_fail_on_every_rank(runs):
             "ConfigError: optim.batch_size=15: must be divisible by the number of processes (2)")
     assert "already has a checkpoint" in (runs / "taken-0.txt").read_text()
     assert (runs / "taken-1.txt").read_text().startswith("ValueError: rank 0 failed (ValueError: ")
+    for rank in (0, 1):  # ranks given different configs all stop, none waits for another
+        assert (runs / f"disagree-{rank}.txt").read_text().startswith(
+            "ValueError: the processes disagree on the training config or precision")
 
 
 def test_leaving_the_process_group_ends_gloos_threads(runs):

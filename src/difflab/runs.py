@@ -258,7 +258,10 @@ def finish_run(run_dir, n: int | None = None, **sampling) -> Path:
     if n:
         save_npz(images[:n], run_dir / "samples.npz")
         sample_info["npz"] = "samples.npz"
+        started = time.perf_counter()
         metrics = score_samples(images[:n], model.config)
+        if metrics is not None:
+            metrics["scoring seconds"] = round(time.perf_counter() - started, 1)
     return write_report(run_dir, sample_info, metrics)
 
 

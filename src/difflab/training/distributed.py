@@ -162,6 +162,18 @@ def on_main(fn, *args, **kwargs):
     return result
 
 
+def check_same(text: str, what: str) -> None:
+    """ValueError on every rank (none waits for another) unless every rank's ``text`` equals rank
+    0's; ``what`` names it in the message."""
+    if not active():
+        return
+    differs = _broadcast_text(text) != text
+    if all_mean([float(differs)])[0] > 0:
+        raise ValueError(f"the processes disagree on {what}; give every machine the same "
+                         "settings (e.g. the same --precision: auto may pick another precision, "
+                         "and with it another recipe, on another CPU)")
+
+
 def all_mean(values: list[float]) -> list[float]:
     """The mean over ranks of each of ``values`` (float64), identical on every rank."""
     if not active():

@@ -194,6 +194,8 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
         raise ConfigError(f"optim.batch_size={batch}: must be divisible by the number of "
                           f"processes ({world})")
     share = batch // world  # this rank's samples of every global batch
+    distributed.check_same(json.dumps([trajectory(config.to_dict()), precision]),
+                           "the training config or precision")
 
     torch.manual_seed(run.seed)
     denoiser = fast_layout(build_denoiser(config, shape).to(device), device)
