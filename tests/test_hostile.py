@@ -318,6 +318,14 @@ def test_absurd_step_counts_and_allocations_fail_in_one_line(run_dir, tmp_path, 
     before = hashes(run)
     assert_standard(train_more(run, 4611686018427387906, capsys, "--minutes", "0.01"), before,
                     mention="loop.steps")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    for command, mention in ((["denoise", run, tmp_path / "x.png", "--sigma", "0.1", "--steps",
+                               "1", "--draws", 10**9, "--out", tmp_path / "d.png"], "draws"),
+                             (["eval", run, "--ref", "mnist-test", "--nll", "--nll-steps", 10**9],
+                              "--nll-steps"),
+                             (["deblur", run, tmp_path / "x.png", "--kernel", "gaussian:1e308",
+                               "--out", tmp_path / "d.png"], "std")):
+        assert_standard(run_cli(command, capsys), before, mention=mention)
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
@@ -361,6 +369,8 @@ TAMPERED = {
     "no checksum, older version": (lambda run, index: (index.pop("weights_sha256"),
                                                        index.update(version=2)), "version 2"),
     "integer weights": (integer_weights, "int32"),
+    "a shape the weights do not have": (lambda run, index: index["shape"].update(
+        num_classes=10**12), "weights and config do not match"),  # (no terabyte embedding built)
     "NaN training time": (lambda run, index: index.update(train_seconds=float("nan")),
                           "training state"),
 }

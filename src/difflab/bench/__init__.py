@@ -21,9 +21,9 @@ def _choice(name: str, value, choices) -> None:
         raise ValueError(f"unknown {name} {value!r} (choose from {', '.join(choices)})")
 
 
-def _positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"invalid {name} {value!r} (must be an integer >= 1)")
+def _positive_int(name: str, value, most: int = 1024) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise ValueError(f"invalid {name} {value!r} (must be an integer in [1, {most}])")
 
 
 def check_arguments(problem, budget, out, executor="sequential", data_dir=None, workers=2,

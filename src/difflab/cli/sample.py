@@ -9,6 +9,7 @@ from pathlib import Path
 
 from difflab.cli.args import UsageError, check_sampling_args, check_steps_and_seed
 from difflab.files import write_atomic
+from difflab.options import check_steps
 
 
 def add_sample_parser(sub) -> None:
@@ -128,6 +129,7 @@ def cmd_eval(args) -> int:
     if args.nll_n < 1 or args.nll_steps < 1:
         raise UsageError(f"--nll-n and --nll-steps must be at least 1, got {args.nll_n} and "
                          f"{args.nll_steps}")
+    check_steps(args.nll_steps, "--nll-steps")  # at most options.MAX_STEPS RK4 steps too
     if not args.nll and args.n is not None and args.n < 2:
         raise UsageError(f"--n must be at least 2 (FID needs a covariance), got {args.n}")
     from difflab.evaluation import evaluate as ev

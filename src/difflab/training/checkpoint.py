@@ -173,25 +173,34 @@ def checkpoint_config(info: dict, where) -> tuple:
     return from_dict(config), DataShape.from_dict(shape, str(where))
 
 
-def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where) -> None:
-    """``module.load_state_dict(weights)``; CheckpointError naming ``where`` if they do not match
-    (names, shapes, or dtypes: an integer tensor is never cast into a float weight) or are not
-    finite."""
+def check_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where) -> None:
+    """CheckpointError naming ``where`` unless ``weights`` has exactly ``module``'s tensors, of
+    its shapes and dtypes (an integer tensor is never cast into a float weight). ``module`` may
+    live on the meta device: a config or shape that was tampered with is caught before the
+    network is built for real (which could ask for any amount of memory)."""
     own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: weights do not match the config ("
+                              + (f"missing {missing[0]}" if missing else
+                                 f"unexpected {unexpected[0]}") + ")")
     for name, value in weights.items():
-        if name in own and value.dtype != own[name].dtype:
-            raise CheckpointError(f"{where}: weight {name} is {str(value.dtype)[6:]}, the "
-                                  f"network's is {str(own[name].dtype)[6:]} (corrupt or "
-                                  "tampered with)")
+        if value.shape != own[name].shape or value.dtype != own[name].dtype:
+            raise CheckpointError(f"{where}: weight {name} is {str(value.dtype)[6:]} "
+                                  f"{tuple(value.shape)}, the network's "
+                                  f"{str(own[name].dtype)[6:]} {tuple(own[name].shape)} "
+                                  "(weights and config do not match: corrupt or tampered with)")
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where) -> None:
+    """``module.load_state_dict(weights)`` after ``check_weights``; CheckpointError naming
+    ``where`` if they do not match or are not finite."""
+    check_weights(module, weights, where)
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{where}: weights contain NaN or inf ({bad[0]}"
                               f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''})")
-    try:
-        module.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{where}: weights do not match the config ({first})") from None
+    module.load_state_dict(weights)
 
 
 def load_denoiser(path: str | Path, ema: bool = True):
@@ -201,7 +210,9 @@ def load_denoiser(path: str | Path, ema: bool = True):
 
     info, tensors = read_checkpoint(path)
     config, shape = checkpoint_config(info, _index_path(path))
-    denoiser = build_denoiser(config, shape)
     weights = sub_state(tensors, "ema" if ema and any(k.startswith("ema.") for k in tensors) else "model")
+    with torch.device("meta"):  # no memory: the recorded config and shape must fit the weights
+        check_weights(build_denoiser(config, shape).net, weights, _index_path(path))
+    denoiser = build_denoiser(config, shape)
     load_weights(denoiser.net, weights, _index_path(path))
     return denoiser.eval().requires_grad_(False), config, shape
