@@ -71,12 +71,11 @@ def test_validation_names_the_field():
     assert DiTConfig().to_dict()["kind"] == "dit"
 
 
-def test_factory_and_config_coercion(monkeypatch):
-    """Through the NETS table (registered here until the lead adds the line) and difflab.config."""
+def test_factory_and_config_coercion():
+    """Through the factory (nets.NET_CONFIGS, build_net) and difflab.config."""
     from difflab import nets
     from difflab.config import ConfigError, TrainConfig, parse_overrides, update
 
-    monkeypatch.setitem(nets.NETS, "dit", (DiTConfig, DiT))
     config = update(TrainConfig(), parse_overrides(["net.kind=dit", "net.patch=4", "net.width=64",
                                                     "net.long_skips=true", "net.mlp_ratio=2"]))
     assert config.net == DiTConfig(patch=4, width=64, long_skips=True, mlp_ratio=2.0)

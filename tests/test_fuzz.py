@@ -389,7 +389,7 @@ def test_bad_output_paths(run_dir, tmp_path, capsys):
 
 
 def test_run_killed_before_its_first_checkpoint_restarts_clean(tmp_path, capsys):
-    from difflab.training.checkpoint import MARKER
+    from difflab.training.run_dir import MARKER
 
     out = tmp_path / "r"
     out.mkdir()

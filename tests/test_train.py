@@ -204,7 +204,7 @@ def test_sample_cli_validates_sampler_and_ranges(tmp_path):
     assert difflab("train", "--data", "digits", "--steps", 2, "--out", run, "--final-samples", 0,
                    "--unconditional", *TINY).returncode == 0
     for args, message in ((["--sampler", "bogus"], "unknown sampler 'bogus'"),
-                          (["--steps", "0"], "--steps must be at least 1"),
+                          (["--steps", "0"], "--steps must be an integer in [1, 10000], got 0"),
                           (["--eta", "2"], "--eta must be in [0, 1]"),
                           (["--class-label", "3"], "--class-label 3: the model has no classes")):
         result = difflab("sample", run, *args)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from difflab.device import PRECISIONS, check_device_name
 from difflab.nets import net_config
-from difflab.nets.dit import DiTConfig
-from difflab.nets.unet import UNetConfig
+from difflab.nets.configs import DiTConfig, UNetConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,14 +147,28 @@ def recipe(dataset: str = "mnist", precision: str = "bf16") -> TrainConfig:
     return config
 
 
-# Sections a resume may change: they do not alter the training trajectory.
+# Sections a resume may change: they do not alter the training trajectory; nor do the fields
+# that say where the data files are (the same data may move, or be found through $DIFFLAB_DATA).
 RESUMABLE_SECTIONS = ("loop", "sample")
+LOCATION_FIELDS = {"data": ("data_dir", "folder")}
+# Upper bounds of the numeric fields (the lower ones are in ``validate``): far above any real
+# run, low enough that nothing overflows (sample positions step * batch in int64, sigma^2 in
+# float32) or asks for absurd time and memory before the memory checks can say so.
+MAX_TRAIN_STEPS = 10**9
+MAX_BATCH = 1_000_000
+MAX_MINUTES = 5_256_000
+MAX_THREADS = 1024
+MAX_TIMESTEPS = 100_000
+MAX_SIGMA = 1e4
 
 
 def trajectory(config: dict) -> dict:
-    """The sections of a config dict that fix the training trajectory (all but RESUMABLE_SECTIONS)."""
+    """The parts of a config dict that fix the training trajectory: all sections but
+    RESUMABLE_SECTIONS, without the LOCATION_FIELDS."""
     config = json.loads(json.dumps(config))  # tuples -> lists, as saved
-    return {k: v for k, v in config.items() if k not in RESUMABLE_SECTIONS}
+    return {k: {f: v for f, v in fields_.items() if f not in LOCATION_FIELDS.get(k, ())}
+            if isinstance(fields_, dict) else fields_
+            for k, fields_ in config.items() if k not in RESUMABLE_SECTIONS}
 
 
 def _parse(where: str, value, base: str):
@@ -268,8 +281,8 @@ def from_dict(values: dict) -> TrainConfig:
 def validate(config: TrainConfig) -> TrainConfig:
     """Check ranges and names; raise ConfigError naming the field and value."""
     from difflab.data import DATASETS, MAX_IMAGE_SIZE
-    from difflab.diffusion.denoiser import PARAMETERIZATIONS
-    from difflab.diffusion.schedules import SCHEDULES, TRAINING_DENSITIES
+    from difflab.options import (GRIDS, MAX_STEPS, PARAMETERIZATIONS, SAMPLERS, SCHEDULES,
+                                 TRAINING_DENSITIES)
 
     def check(ok: bool, where: str, value, expected: str):
         if not ok:
@@ -295,16 +308,32 @@ def validate(config: TrainConfig) -> TrainConfig:
     check(d.weighting in ("uniform", "min-snr"), "diffusion.weighting", d.weighting,
           "choose from uniform, min-snr")
     check(d.timesteps >= 2, "diffusion.timesteps", d.timesteps, "must be at least 2")
+    check(d.timesteps <= MAX_TIMESTEPS, "diffusion.timesteps", d.timesteps,
+          f"must be at most {MAX_TIMESTEPS:,}")
     check(0 < d.sigma_min < d.sigma_max, "diffusion.sigma_min", d.sigma_min,
           "must be positive and below diffusion.sigma_max")
-    check(d.sigma_data > 0, "diffusion.sigma_data", d.sigma_data, "must be positive")
+    check(d.sigma_max <= MAX_SIGMA, "diffusion.sigma_max", d.sigma_max,
+          f"must be at most {MAX_SIGMA:g} (its square must fit float32)")
+    check(0 < d.sigma_data <= MAX_SIGMA, "diffusion.sigma_data", d.sigma_data,
+          f"must be positive and at most {MAX_SIGMA:g}")
+    # ln sigma ~ N(p_mean, p_std^2): within these a draw 5 std out still fits float32 squared
+    check(-10 <= d.p_mean <= 10, "diffusion.p_mean", d.p_mean, "must be in [-10, 10]")
+    check(0 < d.p_std <= 4, "diffusion.p_std", d.p_std, "must be in (0, 4]")
+    check(d.min_snr_gamma > 0, "diffusion.min_snr_gamma", d.min_snr_gamma, "must be positive")
     check(0 <= d.label_dropout < 1, "diffusion.label_dropout", d.label_dropout, "must be in [0, 1)")
-    check(o.lr > 0, "optim.lr", o.lr, "must be positive")
+    check(0 < o.lr <= 1, "optim.lr", o.lr, "must be positive" if o.lr <= 0 else "must be <= 1")
+    check(all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "must be two numbers in [0, 1)")
+    check(0 <= o.weight_decay and o.lr * o.weight_decay <= 1, "optim.weight_decay",
+          o.weight_decay, "must be >= 0, with optim.lr * optim.weight_decay <= 1")
     check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be at least 1")
-    check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
+    check(o.batch_size <= MAX_BATCH, "optim.batch_size", o.batch_size,
+          f"must be at most {MAX_BATCH:,}")
+    check(0 <= o.warmup_steps <= MAX_TRAIN_STEPS, "optim.warmup_steps", o.warmup_steps,
+          f"must be in [0, {MAX_TRAIN_STEPS:,}]")
     check(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables)")
     check(o.ema_half_life_images > 0, "optim.ema_half_life_images", o.ema_half_life_images,
           "must be positive")
+    check(o.ema_rampup_ratio >= 0, "optim.ema_rampup_ratio", o.ema_rampup_ratio, "must be >= 0")
     try:
         check_device_name(r.device)
     except ValueError as e:
@@ -313,22 +342,22 @@ def validate(config: TrainConfig) -> TrainConfig:
     check(r.precision in PRECISIONS, "run.precision", r.precision,
           f"choose from {', '.join(PRECISIONS)}")
     check(loop.steps is None or loop.steps >= 1, "loop.steps", loop.steps, "must be at least 1")
+    check(loop.steps is None or loop.steps <= MAX_TRAIN_STEPS, "loop.steps", loop.steps,
+          f"must be at most {MAX_TRAIN_STEPS:,}")
     check(loop.minutes is None or loop.minutes > 0, "loop.minutes", loop.minutes, "must be positive")
+    check(loop.minutes is None or loop.minutes <= MAX_MINUTES, "loop.minutes", loop.minutes,
+          f"must be at most {MAX_MINUTES:,} (ten years)")
     check(loop.steps is not None or loop.minutes is not None, "loop.steps", loop.steps,
           "give loop.steps or loop.minutes")
-    check(loop.threads is None or loop.threads >= 1, "loop.threads", loop.threads,
-          "must be at least 1")
+    check(loop.threads is None or 1 <= loop.threads <= MAX_THREADS, "loop.threads", loop.threads,
+          "must be at least 1" if loop.threads is None or loop.threads < 1
+          else f"must be at most {MAX_THREADS}")
     for name in ("log_every", "sample_every", "checkpoint_every", "eval_n"):
         check(getattr(loop, name) >= 1, f"loop.{name}", getattr(loop, name), "must be at least 1")
     check(loop.eval_every >= 0, "loop.eval_every", loop.eval_every, "must be >= 0 (0 disables)")
-    from difflab.diffusion.generation import MAX_STEPS
-
     check(1 <= smp.steps <= MAX_STEPS, "sample.steps", smp.steps, f"must be in [1, {MAX_STEPS}]")
     check(smp.final_samples >= 0, "sample.final_samples", smp.final_samples, "must be >= 0")
     check(smp.guidance >= 0, "sample.guidance", smp.guidance, "must be >= 0")
-    from difflab.diffusion.generation import SAMPLERS
-    from difflab.diffusion.schedules import GRIDS
-
     check(smp.sampler in SAMPLERS, "sample.sampler", smp.sampler,
           f"choose from {', '.join(SAMPLERS)}")
     check(smp.grid is None or smp.grid in (*GRIDS, "optimized", "auto"), "sample.grid", smp.grid,

@@ -14,8 +14,6 @@ import functools
 import os
 from pathlib import Path
 
-import torch
-
 DEVICES = ("cpu", "cuda", "mps")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -34,6 +32,8 @@ def check_device_name(name: str) -> str:
 
 def resolve_device(name: str) -> torch.device:
     """The torch.device called ``name``; DeviceError if this machine does not have it."""
+    import torch  # here, not at the top: config validation reads this module without torch
+
     check_device_name(name)
     device = torch.device(name)
     if device.type == "cuda":
@@ -63,6 +63,8 @@ def _cpu_flags() -> set[str] | None:
 def _has_amx(flags: set[str] | None) -> bool:
     """Whether the CPU has AMX with bf16: /proc/cpuinfo's ``amx_bf16`` on Linux, else torch's
     own CPU feature probe (every AMX CPU so far has the bf16 tiles)."""
+    import torch
+
     if flags is not None:
         return "amx_bf16" in flags
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
@@ -78,6 +80,8 @@ def cpu_bf16_faster() -> tuple[bool, str]:
     level (``ATEN_CPU_CAPABILITY``); and the CPU has AMX. AVX512-BF16 alone is not enough: the
     default U-Net's training step ran 1.2-1.4x slower under bf16 autocast there, and its
     sampling step 1.06-1.13x (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` on this AMX machine)."""
+    import torch
+
     capability = torch.backends.cpu.get_cpu_capability()
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False, f"oneDNN has no bf16 kernels for this CPU (ATen capability {capability})"
@@ -106,6 +110,8 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
         faster, why = cpu_bf16_faster()
         return ("bf16" if faster else "fp32"), f"auto: {why}"
     if device.type == "cuda":
+        import torch
+
         if torch.cuda.is_bf16_supported():
             return "bf16", "auto: the CUDA device supports bf16"
         return "fp32", "auto: the CUDA device does not support bf16"
@@ -114,6 +120,8 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
 
 def autocast(device: torch.device, precision: str):
     """The autocast context for a resolved precision ('bf16' or 'fp32') on ``device``."""
+    import torch
+
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -126,12 +134,16 @@ def fast_layout(module: torch.nn.Module, device: torch.device) -> torch.nn.Modul
     layout (``benchmarks/generative/cpu_speed.py``). Elsewhere the module is left as it is.
     Same arithmetic up to float rounding; checkpoints store the weights contiguous either way."""
     if device.type == "cpu":
+        import torch
+
         module.to(memory_format=torch.channels_last)
     return module
 
 
 def model_device(module) -> torch.device:
     """The device of a module's first parameter or buffer (cpu for a module without either)."""
+    import torch
+
     for tensor in (*module.parameters(), *module.buffers()):
         return tensor.device
     return torch.device("cpu")

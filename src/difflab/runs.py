@@ -21,8 +21,11 @@ from difflab.evaluation.evaluate import (SHAPES, difflab_extractor, evaluate_ima
                                          extractors_for, floor_reference, reference_features)
 from difflab.evaluation.metrics import MetricsError
 from difflab.evaluation.report import save_grid, save_npz, write_report
+from difflab.files import inside
+from difflab.options import check_steps
 from difflab.progress import Progress
 from difflab.training.checkpoint import load_denoiser, read_checkpoint
+from difflab.training.run_dir import lock_run
 from difflab.training.train import train
 
 EVAL_SEED = 4321
@@ -50,7 +53,8 @@ class Model:
                  class_label: int | None = None, batch_size: int = 250, **options) -> torch.Tensor:
         """``n`` samples in [-1, 1] (the model's data range); None means the run's recipe."""
         recipe = self.config.sample
-        sampler, steps = sampler or recipe.sampler, steps or recipe.steps
+        sampler = recipe.sampler if sampler is None else sampler
+        steps = recipe.steps if steps is None else check_steps(steps)  # 0 is not "the default"
         grid = self.resolve_grid(grid if grid is not None else recipe.grid, sampler, steps)
         return generate(self.denoiser, self.shape.item, self.shape.num_classes, n,
                         sampler=sampler, steps=steps, grid=grid,
@@ -67,8 +71,19 @@ class Model:
             from difflab.diffusion.schedule_store import load_schedules, schedule_key
 
             saved = load_schedules(self.run_dir).get(schedule_key(sampler, steps))
-            return saved["sigmas"] if saved else "auto"
+            return self._checked(saved["sigmas"], sampler, steps) if saved else "auto"
         return grid
+
+    def _checked(self, sigmas: torch.Tensor, sampler: str, steps: int) -> torch.Tensor:
+        """A grid read from the run's schedules.json, if it fits this model's sigma range
+        (``model_sigmas``); else a ValueError naming the file and the entry."""
+        from difflab.diffusion.schedule_store import SCHEDULES_FILE, schedule_key
+
+        try:
+            return model_sigmas(self.denoiser, steps, sigmas)
+        except ValueError as e:
+            raise ValueError(f"{self.run_dir / SCHEDULES_FILE}: schedules"
+                             f"[{schedule_key(sampler, steps)!r}]: {e}") from None
 
     @property
     def run_dir(self) -> Path:
@@ -85,7 +100,7 @@ class Model:
             raise ValueError(f"{run_dir / SCHEDULES_FILE}: no optimized grid for {sampler} at "
                              f"{steps} steps (make one: difflab schedule {run_dir} --sampler "
                              f"{sampler} --steps {steps})")
-        return saved[key]["sigmas"]
+        return self._checked(saved[key]["sigmas"], sampler, steps)
 
     def optimize_schedule(self, sampler: str, steps: int, n: int = 32, seed: int = 0,
                           guidance: float | None = None) -> torch.Tensor:
@@ -223,8 +238,12 @@ def train_run(config: TrainConfig, resume: bool = False, force: bool = False) ->
 def finish_run(run_dir, n: int | None = None, **sampling) -> Path:
     """Sample the trained EMA model, save a 64-image grid and all samples (.npz), write report.md.
     ``sampling`` overrides fields of the run's ``sample`` section (``sampler=``, ``steps=``,
-    ``guidance=``, ``grid=``) for this call."""
-    run_dir = Path(run_dir)
+    ``guidance=``, ``grid=``) for this call. Holds the run's lock (one writer at a time)."""
+    with lock_run(Path(run_dir)):
+        return _finish_run(Path(run_dir), n, sampling)
+
+
+def _finish_run(run_dir: Path, n: int | None, sampling: dict) -> Path:
     model = load(run_dir)
     validate(update(model.config, {"sample": sampling}))
     recipe = model.config.sample
@@ -237,7 +256,7 @@ def finish_run(run_dir, n: int | None = None, **sampling) -> Path:
     progress.close()
     seconds = time.perf_counter() - started
     hook.remove()
-    save_grid(images[:64], run_dir / "samples.png")
+    save_grid(images[:64], inside(run_dir, "samples.png"))
     info, _ = read_checkpoint(run_dir)
     grid = model.resolve_grid(recipe.grid, recipe.sampler, recipe.steps)
     sigmas = model_sigmas(model.denoiser, recipe.steps, grid, recipe.sampler)
@@ -256,7 +275,7 @@ def finish_run(run_dir, n: int | None = None, **sampling) -> Path:
                    "sample_precision_reason": model.precision_reason}
     metrics = None
     if n:
-        save_npz(images[:n], run_dir / "samples.npz")
+        save_npz(images[:n], inside(run_dir, "samples.npz"))
         sample_info["npz"] = "samples.npz"
         started = time.perf_counter()
         metrics = score_samples(images[:n], model.config)

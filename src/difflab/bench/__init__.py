@@ -21,9 +21,9 @@ def _choice(name: str, value, choices) -> None:
         raise ValueError(f"unknown {name} {value!r} (choose from {', '.join(choices)})")
 
 
-def _positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"invalid {name} {value!r} (must be an integer >= 1)")
+def _positive_int(name: str, value, most: int = 1024) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise ValueError(f"invalid {name} {value!r} (must be an integer in [1, {most}])")
 
 
 def check_arguments(problem, budget, out, executor="sequential", data_dir=None, workers=2,
@@ -60,6 +60,9 @@ def check_arguments(problem, budget, out, executor="sequential", data_dir=None, 
     results = out / "results.jsonl"
     if results.exists() and not results.is_file():
         raise ValueError(f"{results} exists and is not a file")
+    if out.is_dir() and not results.exists() and any(out.iterdir()):  # a user's folder, a run
+        raise ValueError(f"out {str(out)!r} holds other files and no results.jsonl (not a "
+                         "difflab bench directory); choose a new or empty directory")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ValueError(f"data_dir {str(data_dir)!r} is not a directory")
     if ray_address is not None:

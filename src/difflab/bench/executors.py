@@ -21,8 +21,8 @@ from typing import Callable
 
 from difflab.bench.records import append_record, read_records
 from difflab.bench.runner import RunSpec, run_one
+from difflab.options import EXECUTORS
 
-EXECUTORS = ("sequential", "process", "ray")
 RAY_CONNECT_TIMEOUT = 5.0     # seconds for the TCP probe of --ray-address
 RAY_INIT_TIMEOUT = 30.0       # seconds for ray.init(address=...) to connect
 

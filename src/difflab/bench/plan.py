@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from difflab.bench.runner import ARMS, ENSEMBLES, TWINS, RunSpec, hp
+from difflab.options import BUDGETS
 
-BUDGETS = ("quick", "standard", "full")
 TUNE_SEED = 0
 FINAL_SEED0 = 100       # final runs use fresh seeds 100, 101, ...
 

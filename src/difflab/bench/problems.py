@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from difflab.data import load_pixels
+from difflab.options import BENCH_PROBLEMS as PROBLEMS
 
-PROBLEMS = ("cifar10-cnn", "mnist-mlp", "digits-mlp")
 SPLIT_SEED = 20240601  # fixed: the validation split never depends on a run's seed
 
 

@@ -14,6 +14,7 @@ from difflab.bench.matched import matched_section
 from difflab.bench.records import read_records
 from difflab.bench.plan import final_val_acc
 from difflab.bench.robustness import robustness_plot, robustness_section
+from difflab.files import save_figure, write_atomic
 
 QUESTION_TEXT = {"accuracy": "final test accuracy (points)",
                  "speed": "epochs to target (% of baseline)",
@@ -125,7 +126,7 @@ def _plots(result: dict, out: Path) -> list[str]:
     axes[0].legend(fontsize=7)
     fig.suptitle("Final runs: mean over seeds, band = min..max across seeds")
     fig.tight_layout()
-    fig.savefig(out / "learning_curves.png", dpi=110)
+    save_figure(fig, out / "learning_curves.png")
     plt.close(fig)
     names.append("learning_curves.png")
 
@@ -147,7 +148,7 @@ def _plots(result: dict, out: Path) -> list[str]:
     ax.set_title("Sensitivity over the tuning grid (tuning seed)")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "sensitivity.png", dpi=110)
+    save_figure(fig, out / "sensitivity.png")
     plt.close(fig)
     names.append("sensitivity.png")
 
@@ -173,7 +174,7 @@ def _plots(result: dict, out: Path) -> list[str]:
         ax.set_title("Langevin: final validation accuracy (%)")
         fig.colorbar(im)
         fig.tight_layout()
-        fig.savefig(out / "heatmap_langevin.png", dpi=110)
+        save_figure(fig, out / "heatmap_langevin.png")
         plt.close(fig)
         names.append("heatmap_langevin.png")
     shift_plot = robustness_plot(result, out)
@@ -333,6 +334,5 @@ def _write_report(records: list[dict], issues: list[str], out: Path) -> Path:
                   "well-formed record is used):", ""]
         lines += [f"- {m}" for m in issues[:50]]
         lines += ([f"- ... and {len(issues) - 50} more"] if len(issues) > 50 else []) + [""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
+    path = write_atomic(out / "report.md", "\n".join(lines))
     return path

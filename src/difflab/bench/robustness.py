@@ -26,6 +26,7 @@ from difflab.bench.calibration import SHIFT_PARAMS
 from difflab.bench.shifts import CLEAN, CONDITIONS, SHIFT_SEVERITIES, parse_condition
 from difflab.bench.stats import ACC_MARGIN, REL_MARGIN, decide, paired_row
 from difflab.bench.values import paired_values, shift_value
+from difflab.files import save_figure
 
 ROBUSTNESS_TESTS = (("acc", "abs", ACC_MARGIN, "points", +1), ("nll", "rel", REL_MARGIN, "%", -1),
                     ("entropy", "rel", REL_MARGIN, "%", +1))
@@ -148,6 +149,6 @@ def robustness_plot(result: dict, out: Path) -> str | None:
     np.atleast_1d(axes)[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Accuracy under shifted inputs (mean over seeds)")
     fig.tight_layout()
-    fig.savefig(out / "robustness.png", dpi=110)
+    save_figure(fig, out / "robustness.png")
     plt.close(fig)
     return "robustness.png"

@@ -12,8 +12,11 @@ with status 2; no traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 import warnings
 
 from difflab.cli.args import Parser, UsageError
@@ -24,6 +27,10 @@ from difflab.cli.train import TRAIN_FLAGS, add_train_parser, config_field, train
 
 __all__ = ["TRAIN_FLAGS", "Parser", "UsageError", "build_parser", "config_field", "main",
            "train_config"]
+
+
+OUT_OF_MEMORY = ("out of memory (lower --num-samples, --batch-size, the number or size of the "
+                 "images, or optim.batch_size)")
 
 
 def build_parser() -> Parser:
@@ -47,17 +54,41 @@ def one_line_warnings(default, message, category, filename, lineno, file=None, l
         default(message, category, filename, lineno, file, line)
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """While a command runs, SIGTERM (``kill``, torchrun stopping its workers) ends it as Ctrl-C
+    does: the stack unwinds, so a write in progress removes its temporary file and nothing
+    partial is left under a final name (``files.write_atomic``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from difflab.training import distributed
-    from difflab.training.train import TrainingError
+    """Parse, run the command, print its failure as one line. Parsing and argument errors
+    import nothing heavy (no torch): each command imports what it needs when it runs."""
+    from difflab.training import TrainingError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), terminate_as_interrupt():
             warnings.showwarning = functools.partial(one_line_warnings, warnings.showwarning)
             code = int(args.func(args) or 0)
-        distributed.destroy()  # under torchrun: leave the process group before interpreter exit
+        # under torchrun: leave the process group before interpreter exit (only a command that
+        # imported difflab.training.distributed can have joined one)
+        distributed = sys.modules.get("difflab.training.distributed")
+        if distributed is not None:
+            distributed.destroy()
         return code
     except (ValueError, TrainingError) as e:  # our errors: config, data, checkpoint, metrics
         print(f"difflab: error: {e}", file=sys.stderr)
@@ -67,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"difflab: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except MemoryError:
-        print("difflab: error: out of memory (lower --n, --batch-size or optim.batch_size)",
-              file=sys.stderr)
+        print(f"difflab: error: {OUT_OF_MEMORY}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch's CPU allocator reports running out as a RuntimeError
+        if "can't allocate memory" not in str(e) and "not enough memory" not in str(e):
+            raise
+        print(f"difflab: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("difflab: interrupted", file=sys.stderr)

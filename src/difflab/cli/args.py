@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from difflab.options import MAX_STEPS, SAMPLERS, check_seed, check_steps
+from difflab.training.run_dir import check_output
+
 
 class UsageError(ValueError):
     """Bad command-line input; printed as one line."""
@@ -18,27 +21,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"difflab: error: {where}{message}\n")
 
 
-def check_steps_and_seed(steps: int | None, seed: int, max_steps: int | None = None) -> None:
-    """``--steps`` in [1, max_steps] (default ``generation.MAX_STEPS``; None: not given) and
-    ``--seed`` in [0, 2^63), the range torch's generators take."""
-    from difflab.diffusion.generation import MAX_STEPS
-
-    max_steps = MAX_STEPS if max_steps is None else max_steps
-    if steps is not None and steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {steps}")
-    if steps is not None and steps > max_steps:
-        raise UsageError(f"--steps must be at most {max_steps}, got {steps}")
-    if not 0 <= seed < 2**63:
-        raise UsageError(f"--seed must be in [0, 2^63), got {seed}")
+def check_steps_and_seed(steps: int | None, seed: int, max_steps: int = MAX_STEPS) -> None:
+    """``--steps`` in [1, max_steps] (None: not given) and ``--seed`` in [0, 2^63), the range
+    torch's generators take (``options.check_steps``, ``options.check_seed``)."""
+    try:
+        if steps is not None:
+            check_steps(steps, "--steps", max_steps)
+        check_seed(seed, "--seed")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def check_sampling_args(args) -> None:
     """Ranges of the sampling options shared by ``sample`` and ``eval``, checked before loading."""
-    from difflab.diffusion.generation import get_sampler
-
-    if args.sampler is not None:
-        get_sampler(args.sampler)
-    for name, value in (("--n", args.n), ("--batch-size", getattr(args, "batch_size", 1))):
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler {args.sampler!r} (choose from {', '.join(SAMPLERS)})")
+    for name, value in (("--num-samples" if args.command == "sample" else "--n", args.n),
+                        ("--batch-size", getattr(args, "batch_size", 1))):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
     check_steps_and_seed(args.steps, args.seed)
@@ -49,3 +48,5 @@ def check_sampling_args(args) -> None:
         if path is not None and (Path(path).is_dir() or Path(path).suffix.lower() != suffix):
             raise UsageError(f"--{name} {path}: give a file name ending in {suffix}"
                              + (" (it is a directory)" if Path(path).is_dir() else ""))
+        if path is not None:
+            check_output(path, f"--{name}")

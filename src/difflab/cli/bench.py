@@ -7,11 +7,11 @@ from pathlib import Path
 
 
 def add_bench_parser(sub) -> None:
-    from difflab.bench import BUDGETS, EXECUTORS, PROBLEMS
+    from difflab.options import BENCH_PROBLEMS, BUDGETS, EXECUTORS
 
     p = sub.add_parser("bench", help="benchmarks: bench optimizers (Langevin vs SGD/momentum/Adam)")
     p.add_argument("what", choices=["optimizers"], help="what to benchmark")
-    p.add_argument("--problem", default="cifar10-cnn", choices=PROBLEMS)
+    p.add_argument("--problem", default="cifar10-cnn", choices=BENCH_PROBLEMS)
     p.add_argument("--budget", default="quick", choices=BUDGETS)
     p.add_argument("--executor", default="sequential", choices=EXECUTORS)
     p.add_argument("--workers", type=int, default=2, help="process/local-Ray workers")

@@ -2,6 +2,7 @@
 (``difflab.restoration.tasks``), PNG/JPEG in, PNG out."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -17,8 +18,7 @@ RESTORE_HELP = {"inpaint": "fill the pixels a mask marks black",
 
 def add_restore_parsers(sub) -> None:
     """``difflab inpaint|upscale|denoise|deblur|colorize|edit RUN IMAGE ...``."""
-    from difflab.restoration.solvers import SOLVERS
-    from difflab.restoration.tasks import DEFAULT_METHOD
+    from difflab.options import DEFAULT_METHOD, RESTORATION_METHODS
 
     for task, help_text in RESTORE_HELP.items():
         p = sub.add_parser(task, help=help_text, description=f"{help_text[0].upper()}"
@@ -43,7 +43,7 @@ def add_restore_parsers(sub) -> None:
             p.add_argument("--strength", type=float, default=0.5,
                            help="how far to noise the image, 0 (unchanged) to 1 (a new sample)")
         else:
-            p.add_argument("--method", choices=list(SOLVERS), default=None,
+            p.add_argument("--method", choices=RESTORATION_METHODS, default=None,
                            help=f"solver (default {DEFAULT_METHOD[task]})")
             p.add_argument("--draws", type=int, default=1, help="average this many restorations "
                            "(a posterior-mean estimate: higher PSNR, blurrier where uncertain; "
@@ -74,30 +74,21 @@ def read_masks(path: str, pixels):
 
 def cmd_restore(args) -> int:
     """The restoration commands: read the image(s) and mask, restore, write PNGs."""
-    import torch
-
-    from difflab.data import read_images
-    from difflab.evaluation.report import save_image
-    from difflab.runs import load
-
     check_steps_and_seed(args.steps, args.seed)
     strength, draws = getattr(args, "strength", 0.5), getattr(args, "draws", 1)
     if draws < 1:
         raise UsageError(f"--draws must be at least 1, got {draws}")
     if not 0 <= strength <= 1:
         raise UsageError(f"--strength must be in [0, 1], got {strength}")
-    pixels, names = read_images(args.image)
     folder_in = Path(args.image).is_dir()
-    out = Path(args.out)
-    if not folder_in and (out.is_dir() or out.suffix.lower() != ".png"):
-        raise UsageError(f"--out {out}: give a file name ending in .png")
-    if folder_in and (out.exists() and not out.is_dir() or out.suffix):
-        raise UsageError(f"--out {out}: for a folder of images give a folder name")
-    inputs = [args.image] + ([args.mask] if args.task == "inpaint" else [])
-    for given in inputs:  # the restoration never replaces what it was made from
-        if out.resolve() == Path(given).expanduser().resolve():
-            raise UsageError(f"--out {out}: would overwrite the input {given}; give another "
-                             f"{'folder' if folder_in else 'file'}")
+    paths = output_paths(args, folder_in)
+    import torch
+
+    from difflab.data import read_images
+    from difflab.evaluation.report import save_image
+    from difflab.runs import load
+
+    pixels, _ = read_images(args.image)
     options = {}
     if args.task == "inpaint":
         options["mask"] = read_masks(args.mask, pixels)
@@ -121,9 +112,46 @@ def cmd_restore(args) -> int:
     restored = model.restore(images, args.task, method=getattr(args, "method", None),
                              steps=args.steps, seed=args.seed, class_label=args.class_label,
                              strength=strength, draws=draws, **options)
-    paths = [out / name for name in names] if folder_in else [out]
-    for image, path in zip(restored, paths):
-        save_image(image, path.with_suffix(".png"))
+    for image, path in zip(restored, paths):  # each written whole or not at all
+        save_image(image, path)
     print(f"{len(restored)} image(s) restored in {time.perf_counter() - started:.1f} s: "
-          f"{paths[0].with_suffix('.png') if not folder_in else out}")
+          f"{args.out if folder_in else paths[0]}")
     return 0
+
+
+def output_paths(args, folder_in: bool) -> list[Path]:
+    """The PNG files a restoration writes, one per input image: ``--out`` itself for one image,
+    ``--out/<name>.png`` for a folder. Refused (one line, before anything is read or written):
+    a name that is not a .png file (or not a folder), two inputs that would be written to one
+    file (``a.png`` and ``a.jpg``), an output that is one of the input images or masks (also
+    as a hard or symbolic link, or another spelling on a case-insensitive file system), and
+    an output that is a file of a run directory."""
+    from difflab.data import image_paths
+    from difflab.training.run_dir import check_output
+
+    out = Path(args.out).expanduser()
+    images = image_paths(args.image)
+    if not folder_in:
+        if out.is_dir() or out.suffix.lower() != ".png":
+            raise UsageError(f"--out {args.out}: give a file name ending in .png")
+        paths = [out]
+    else:
+        if out.exists() and not out.is_dir() or out.suffix:
+            raise UsageError(f"--out {args.out}: for a folder of images give a folder name")
+        paths, source = [out / f"{p.stem}.png" for p in images], {}
+        for image, path in zip(images, paths):
+            if path in source:
+                raise UsageError(f"{source[path]} and {image} would both be restored to "
+                                 f"{path}; rename one of them")
+            source[path] = image
+    inputs = images + (image_paths(args.mask) if args.task == "inpaint" else [])
+    written = [(out, [Path(args.image)])] if folder_in else []  # (output, inputs it must not be)
+    for path in paths:
+        check_output(path, "--out")
+        written.append((path, inputs))
+    for path, givens in written:  # the restoration never replaces what it was made from
+        for given in givens:
+            if path.exists() and os.path.samefile(path, given):
+                raise UsageError(f"--out {args.out}: would overwrite the input {given}; give "
+                                 f"another {'folder' if folder_in else 'file'}")
+    return paths

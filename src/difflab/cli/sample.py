@@ -8,17 +8,20 @@ import time
 from pathlib import Path
 
 from difflab.cli.args import UsageError, check_sampling_args, check_steps_and_seed
+from difflab.files import write_atomic
+from difflab.options import check_steps
 
 
 def add_sample_parser(sub) -> None:
-    from difflab.diffusion.generation import SAMPLERS
-    from difflab.diffusion.schedules import GRIDS
+    from difflab.options import GRIDS, SAMPLERS
 
     p = sub.add_parser("sample", help="draw samples from a trained run",
                        description="Sample a trained run and write a PNG grid (and .npz). "
                        "Sampler, steps, grid and guidance default to the run's recipe.")
     p.add_argument("checkpoint", help="run directory or its checkpoint.json")
-    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--num-samples", "--n", dest="n", type=int, default=64,
+                   help="number of samples (default 64); --n for short, except under torchrun, "
+                   "whose own parser takes --n for a prefix of its options")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
     p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's)")
     p.add_argument("--grid", choices=["auto", "optimized", *GRIDS], help="sigma grid (default: "
@@ -41,7 +44,7 @@ def add_sample_parser(sub) -> None:
 
 
 def add_eval_parser(sub) -> None:
-    from difflab.evaluation.evaluate import REFERENCES
+    from difflab.options import REFERENCES
 
     p = sub.add_parser("eval", help="FID/KID/IS/precision-recall of samples against a data split")
     p.add_argument("samples", nargs="?", default=None,
@@ -82,13 +85,13 @@ def add_schedule_parser(sub) -> None:
 
 
 def cmd_sample(args) -> int:
+    check_sampling_args(args)
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        raise UsageError(f"--eta must be in [0, 1], got {args.eta}")
     from difflab.diffusion.generation import check_class_label
     from difflab.evaluation.report import save_grid, save_npz
     from difflab.runs import load
 
-    check_sampling_args(args)
-    if args.eta is not None and not 0 <= args.eta <= 1:
-        raise UsageError(f"--eta must be in [0, 1], got {args.eta}")
     model = load(args.checkpoint, device=args.device, precision=args.precision)
     sampler = args.sampler or model.config.sample.sampler
     if args.eta is not None and sampler != "ddim":
@@ -122,18 +125,19 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from difflab.evaluation import evaluate as ev
-    from difflab.evaluation.metrics import MetricsError
-
-    dataset, split = ev.parse_reference(args.ref)
     check_sampling_args(args)
     if args.nll_n < 1 or args.nll_steps < 1:
         raise UsageError(f"--nll-n and --nll-steps must be at least 1, got {args.nll_n} and "
                          f"{args.nll_steps}")
+    check_steps(args.nll_steps, "--nll-steps")  # at most options.MAX_STEPS RK4 steps too
+    if not args.nll and args.n is not None and args.n < 2:
+        raise UsageError(f"--n must be at least 2 (FID needs a covariance), got {args.n}")
+    from difflab.evaluation import evaluate as ev
+    from difflab.evaluation.metrics import MetricsError
+
+    dataset, split = ev.parse_reference(args.ref)
     if args.nll:
         return eval_nll(args, ev.load_split(dataset, split, args.data_dir))
-    if args.n is not None and args.n < 2:
-        raise MetricsError(f"--n must be at least 2 (FID needs a covariance), got {args.n}")
     if args.samples is None:
         for _, e in ev.extractors_for(dataset, args.inception_weights):
             for ref in (args.ref, ev.floor_reference(args.ref)):
@@ -159,7 +163,7 @@ def cmd_eval(args) -> int:
                                 args.seed, verbose=True)
     print(ev.format_result(result, args.samples))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_atomic(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -181,16 +185,16 @@ def eval_nll(args, images) -> int:
           f"({result['nll_images']} images, uniform dequantization, probability-flow ODE with "
           f"{args.nll_steps} RK4 steps, Hutchinson trace estimator)")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_atomic(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 
 def cmd_schedule(args) -> int:
-    from difflab.runs import load
-
     check_steps_and_seed(args.steps, args.seed, max_steps=100)
     if not 2 <= args.n <= 4096:
         raise UsageError(f"--n must be in [2, 4096], got {args.n}")
+    from difflab.runs import load
+
     model = load(args.checkpoint)
     sampler = args.sampler or model.config.sample.sampler
     started = time.perf_counter()

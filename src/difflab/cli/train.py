@@ -65,9 +65,17 @@ def add_train_parser(sub) -> None:
 def train_config(args):
     """The TrainConfig of ``difflab train`` arguments: the data set's recipe for the precision
     it will train in (``config.recipe``; a resumed run's own saved config instead), then
-    --config, then flags, then --set; validated."""
+    --config, then flags, then --set; validated.
+
+    Every value is checked on the plain recipe first, without torch, so that a bad value
+    answers at once; only then is the precision resolved (which imports torch) and, where it
+    has a recipe of its own, the config assembled again on that recipe. On a resume the data
+    directory is where this command finds the data (--data-dir, else $DIFFLAB_DATA, else the
+    directory the run was trained with): a location, not part of the run."""
+    import os
+
     from difflab.config import ConfigError, load_file, parse_overrides, recipe, update, validate
-    from difflab.device import resolve_device, resolve_precision
+    from difflab.data import ENV_VAR
 
     from_file = load_file(args.config) if args.config else {}
     overrides = parse_overrides(args.set)
@@ -76,26 +84,36 @@ def train_config(args):
         return (overrides.get(section, {}).get(name) or getattr(args, f"{section}.{name}", None)
                 or from_file.get(section, {}).get(name))
 
-    config = saved_config(Path(given("loop", "out") or recipe().loop.out)) if args.resume else None
-    if config is None:  # a new run (or one whose config cannot be read: training says why)
-        precision, _ = resolve_precision(str(given("run", "precision") or "auto"),
-                                         resolve_device(str(given("run", "device") or "cpu")))
-        config = recipe(str(given("data", "dataset") or "mnist"), precision)
-    try:
-        update(config, from_file)
-    except ConfigError as e:  # an unknown field or a value of the wrong type: name the file
-        raise ConfigError(f"{args.config}: {e}") from None
-    flags = {}
-    for dotted in [d for d, _ in TRAIN_FLAGS.values()] + ["data.class_conditional", "run.precision"]:
-        value = getattr(args, dotted, None)
-        if value is not None:
-            section, _, name = dotted.partition(".")
-            flags.setdefault(section, {})[name] = value
-    update(config, flags)
-    if getattr(args, "loop.steps") is not None and getattr(args, "loop.minutes") is None:
-        config.loop.minutes = None  # --steps alone means "exactly this many steps"
-    update(config, overrides)
-    return validate(config)
+    def assemble(config):
+        try:
+            update(config, from_file)
+        except ConfigError as e:  # an unknown field or a value of the wrong type: name the file
+            raise ConfigError(f"{args.config}: {e}") from None
+        flags = {}
+        for dotted in [d for d, _ in TRAIN_FLAGS.values()] + ["data.class_conditional",
+                                                               "run.precision"]:
+            value = getattr(args, dotted, None)
+            if value is not None:
+                section, _, name = dotted.partition(".")
+                flags.setdefault(section, {})[name] = value
+        update(config, flags)
+        if getattr(args, "loop.steps") is not None and getattr(args, "loop.minutes") is None:
+            config.loop.minutes = None  # --steps alone means "exactly this many steps"
+        update(config, overrides)
+        return validate(config)
+
+    saved = saved_config(Path(given("loop", "out") or recipe().loop.out)) if args.resume else None
+    if saved is not None:
+        if given("data", "data_dir") is None and os.environ.get(ENV_VAR):
+            saved.data.data_dir = None  # $DIFFLAB_DATA says where the data is now
+        return assemble(saved)
+    # a new run (or one whose config cannot be read: training says why)
+    from difflab.device import resolve_device, resolve_precision
+
+    dataset = str(given("data", "dataset") or "mnist")
+    config = assemble(recipe(dataset))
+    precision, _ = resolve_precision(config.run.precision, resolve_device(config.run.device))
+    return config if precision == "bf16" else assemble(recipe(dataset, precision))
 
 
 def saved_config(run_dir: Path):
@@ -105,18 +123,19 @@ def saved_config(run_dir: Path):
     import json
 
     from difflab.config import ConfigError, from_dict, upgrade_legacy
+    from difflab.files import inside
 
+    path = inside(run_dir, "config.json")  # a link out of the run is refused, never read
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        return from_dict(upgrade_legacy(saved, str(run_dir / "config.json"))[0])
+        return from_dict(upgrade_legacy(json.loads(path.read_text()), str(path))[0])
     except (OSError, ValueError, TypeError, AttributeError, ConfigError):
         return None
 
 
 def cmd_train(args) -> int:
+    config = train_config(args)  # before anything heavy is imported: bad values answer at once
     from difflab.runs import train_run
 
-    config = train_config(args)
     report = train_run(config, resume=args.resume, force=args.force)
     if report is not None:  # None on the ranks > 0 of a torchrun run
         print(f"report: {report}")

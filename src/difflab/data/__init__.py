@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 DATASETS = ("mnist", "cifar10", "digits", "folder")
 ENV_VAR = "DIFFLAB_DATA"
@@ -37,6 +36,7 @@ CIFAR10_RECORD = 1 + 3 * 32 * 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_IMAGE_PIXELS = 1 << 26   # 67 M pixels (8192 x 8192): larger input images are refused
 MAX_IMAGE_SIZE = 1024        # side of the training images after resizing
+SIXTEEN_BIT_AS_I = ("PNG", "PPM")  # formats whose 16-bit grayscale PIL opens in mode "I"
 
 
 class DataError(ValueError):
@@ -179,10 +179,15 @@ def open_image(path: Path, mode: str | None = None):
                 raise DataError(f"{path}: {im.width}x{im.height} pixels is more than the "
                                 f"{MAX_IMAGE_PIXELS:,} an image may have (corrupt or a "
                                 "decompression bomb?)")
+            if im.mode == "F" or im.mode == "I" and im.format not in SIXTEEN_BIT_AS_I:
+                kind = "floating-point" if im.mode == "F" else "32-bit integer"
+                raise DataError(f"{path}: {kind} pixels ({im.format} mode {im.mode}) have no "
+                                "known range, so they are not read; save the image with 8- or "
+                                "16-bit integer pixels (e.g. as PNG)")
             if mode is None:
-                mode = "L" if im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16") \
+                mode = "L" if im.mode in ("1", "L", "LA", "I") or im.mode.startswith("I;16") \
                     else "RGB"
-            if im.mode.startswith("I;16") or im.mode == "I" and im.format == "PNG":
+            if im.mode.startswith("I;16") or im.mode == "I":
                 # 16-bit grayscale (medical and scientific images): PIL's convert would clip
                 # every value above 255 to white; scale 0..65535 to 0..255 instead
                 wide = np.asarray(im, dtype=np.float64)
@@ -229,18 +234,24 @@ def load_image_folder(folder, size: int, channels: int = 3) -> tuple[np.ndarray,
     return out, (labels if labelled else None)
 
 
-def read_images(path) -> tuple[np.ndarray, list[str]]:
-    """An image file, or a folder of them (sorted, all of one size), as they are: uint8
-    ``[N, C, H, W]`` with C = 1 for grayscale files and 3 for colour ones, and their names."""
+def image_paths(path) -> list[Path]:
+    """The files ``read_images`` reads at ``path``: the file itself, or a folder's images
+    (sorted); DataError if there are none."""
     path = Path(path).expanduser()
     if path.is_dir():
         paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise DataError(f"{path}: no {'/'.join(IMAGE_SUFFIXES)} images found")
-    elif path.is_file():
-        paths = [path]
-    else:
-        raise DataError(f"{path}: no such image file or folder")
+        return paths
+    if path.is_file():
+        return [path]
+    raise DataError(f"{path}: no such image file or folder")
+
+
+def read_images(path) -> tuple[np.ndarray, list[str]]:
+    """An image file, or a folder of them (sorted, all of one size), as they are: uint8
+    ``[N, C, H, W]`` with C = 1 for grayscale files and 3 for colour ones, and their names."""
+    paths = image_paths(path)
     arrays = []
     for p in paths:
         arr = np.asarray(open_image(p), dtype=np.uint8)
@@ -254,12 +265,16 @@ def read_images(path) -> tuple[np.ndarray, list[str]]:
 
 def to_float(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 pixels in [0, 255] -> float32 in [-1, 1]."""
+    import torch  # here, not at the top: config validation reads DATASETS without torch
+
     x = torch.as_tensor(np.asarray(pixels))
     return x.float().div_(127.5).sub_(1.0)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float images in [-1, 1] -> uint8 in [0, 255] (clamped, rounded)."""
+    import torch
+
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
@@ -284,6 +299,8 @@ def load_pixels(name: str, data_dir=None, split: str = "train", image_size: int 
 def load_dataset(name: str, data_dir=None, split: str = "train", image_size: int | None = None,
                  channels: int | None = None, folder: str | None = None) -> ImageDataset:
     """Load a data set by name as float images in [-1, 1] (see module docstring for names)."""
+    import torch
+
     pixels, labels = load_pixels(name, data_dir, split, image_size, channels, folder)
     images = to_float(pixels)
     if image_size is not None and images.shape[-1] != image_size and name != "folder":

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
+from difflab.options import PARAMETERIZATIONS  # noqa: F401 (re-exported)
 
 
 def q_sample(x0: torch.Tensor, alpha_bar_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ Training's sample grids, the end-of-run report, ``difflab sample``, ``difflab ev
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import torch
@@ -20,25 +19,18 @@ from difflab.diffusion.samplers import (noise_like, sample_ddim, sample_ddpm, sa
                                         sample_heun, sample_unipc)
 from difflab.diffusion.schedules import sigma_grid
 from difflab.diffusion.sde import sample_ald, sample_euler_maruyama, sample_pc
+from difflab.memory import machine_memory
+from difflab.options import ODE_SAMPLERS, check_seed, check_steps, is_integer
 
 SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "euler": sample_euler, "heun": sample_heun,
             "dpmpp-2m": sample_dpmpp_2m, "dpmpp-3m": sample_dpmpp_3m, "unipc": sample_unipc,
             "euler-maruyama": sample_euler_maruyama, "pc": sample_pc, "ald": sample_ald}
-MAX_STEPS = 10_000  # more steps than any sampler needs; bounds the time and memory of a call
-ODE_SAMPLERS = ("ddim", "euler", "heun", "dpmpp-2m", "dpmpp-3m", "unipc")
 # grid "auto" without an optimized grid, at most AUTO_FEW_NFE evaluations per sample: log-SNR
 # spacing whose last positive level is AUTO_LAST_SIGMA, then a final Tweedie step x = D(x; sigma)
 # to 0 (chosen on BENCHMARKS.md, "Few-step sampling": exact-score mixtures and the MNIST model)
 AUTO_FEW_NFE = 10
 AUTO_LAST_SIGMA = 0.03
-
-
-def machine_memory() -> int | None:
-    """Bytes of physical memory of this machine, or None where that is not known."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+GRID_TOLERANCE = 1e-3  # relative: how far an explicit grid's ends may lie from the model's range
 
 
 def check_sample_memory(n: int, item_shape) -> None:
@@ -71,17 +63,26 @@ def model_sigmas(denoiser, steps: int, grid=None, sampler: str | None = None) ->
     (None) the trained DDPM grid for DDPM-trained models and the Karras grid otherwise.
     ``"auto"`` (a run's optimized grid is resolved by the caller, ``difflab.runs``): for the
     deterministic ``sampler`` s at <= AUTO_FEW_NFE evaluations, log-SNR down to AUTO_LAST_SIGMA
-    and a final Tweedie step; else the default."""
-    if not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+    and a final Tweedie step; else the default. An explicit grid must start at the model's
+    sigma_max (the start noise is drawn there) and keep its positive levels in [sigma_min,
+    sigma_max], where the network was trained (both within GRID_TOLERANCE)."""
+    steps = check_steps(steps)
+    alpha_bar = getattr(denoiser, "alpha_bar", None)
+    sigma_min, sigma_max = denoiser.sigma_min, denoiser.sigma_max
     if grid is not None and not isinstance(grid, str):
         sigmas = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
         if len(sigmas) != steps + 1 or sigmas[-1] != 0 or not (sigmas[1:] < sigmas[:-1]).all():
             raise ValueError(f"an explicit sigma grid for {steps} steps must hold {steps + 1} "
                              f"decreasing levels ending in 0, got {sigmas.tolist()}")
+        # decreasing from a first level at sigma_max: every level is within the range if the
+        # last positive one is
+        if abs(sigmas[0] - sigma_max) > GRID_TOLERANCE * sigma_max \
+                or sigmas[-2] < sigma_min * (1 - GRID_TOLERANCE):
+            raise ValueError(f"an explicit sigma grid must start at the model's sigma_max "
+                             f"{sigma_max:g} and keep its levels in [{sigma_min:g}, "
+                             f"{sigma_max:g}]; this one runs from {float(sigmas[0]):g} to "
+                             f"{float(sigmas[-2]):g} (made for another model?)")
         return sigmas
-    alpha_bar = getattr(denoiser, "alpha_bar", None)
-    sigma_min, sigma_max = denoiser.sigma_min, denoiser.sigma_max
     if grid == "auto":
         few = sampler in ODE_SAMPLERS and nfe_of(sampler, steps) <= AUTO_FEW_NFE
         grid = "log-snr" if few and max(sigma_min, AUTO_LAST_SIGMA) < sigma_max else None
@@ -141,8 +142,9 @@ def generate(denoiser, item_shape, num_classes: int, n: int, *, sampler: str, st
     conditional models; ``progress(done, seconds)``, if given, is called after every batch.
     Raises ValueError if any sample is not finite."""
     get_sampler(sampler)
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
+    steps, seed = check_steps(steps), check_seed(seed)
+    if not all(map(is_integer, (n, batch_size, start))) or n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be integers >= 1, got {n!r} and {batch_size!r}")
     if start < 0:
         raise ValueError(f"start (the first sample index) must be >= 0, got {start}")
     check_sample_memory(n, item_shape)

@@ -1,15 +1,16 @@
 """Optimized sigma grids of a run, kept in ``RUN/schedules.json`` keyed ``"<sampler>/<steps>"``:
 written atomically (temporary file + ``os.replace``), validated on read with one-line
-ValueErrors naming the file and the field."""
+ValueErrors naming the file and the field; the file never resolves outside the run directory."""
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from difflab.files import inside, write_atomic
 
 SCHEDULES_FILE = "schedules.json"
 FORMAT = "difflab-schedules"
@@ -51,7 +52,7 @@ def _check_entry(where: str, key, entry) -> tuple[list[float], dict]:
 def load_schedules(run_dir) -> dict[str, dict]:
     """The grids saved in ``run_dir/schedules.json`` as {key: {"sigmas": float64 tensor, "meta":
     dict}}; {} if the file does not exist; ValueError (one line: file and field) if malformed."""
-    path = Path(run_dir) / SCHEDULES_FILE
+    path = inside(run_dir, SCHEDULES_FILE)
     if not path.is_file():
         return {}
     try:
@@ -78,7 +79,7 @@ def save_schedule(run_dir, key: str, sigmas, meta: dict | None = None) -> Path:
     ``run_dir/schedules.json``, keeping the others; atomic (temporary file, then os.replace).
     The grid and the existing file are validated first (ValueError, nothing written)."""
     run_dir = Path(run_dir)
-    path = run_dir / SCHEDULES_FILE
+    path = inside(run_dir, SCHEDULES_FILE)
     values = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
     meta = dict(meta or {})
     _check_entry(str(path), key, {"sigmas": values, "meta": meta})
@@ -93,14 +94,4 @@ def save_schedule(run_dir, key: str, sigmas, meta: dict | None = None) -> Path:
     text = json.dumps({"format": FORMAT, "version": VERSION, "schedules": entries}, indent=1,
                       allow_nan=False)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomic(path, text)

@@ -18,9 +18,7 @@ import math
 
 import torch
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
-GRIDS = ("karras", "uniform-t", "log-snr", "ddpm")
-TRAINING_DENSITIES = ("lognormal", "ddpm", "log-uniform")
+from difflab.options import GRIDS, SCHEDULES, TRAINING_DENSITIES  # noqa: F401 (re-exported)
 
 
 def alpha_bar_linear(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:

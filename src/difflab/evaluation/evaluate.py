@@ -29,8 +29,9 @@ import torch
 from difflab.evaluation import metrics
 from difflab.data import load_image_folder, load_pixels, to_float
 from difflab.evaluation.metrics import MetricsError
+from difflab.files import write_atomic
+from difflab.options import REFERENCES
 
-REFERENCES = ("mnist-test", "mnist-train", "cifar10-test", "cifar10-train")
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}  # dataset -> (channels, size)
 SMALL_N = 5000
 CACHE_ENV = "DIFFLAB_CACHE"
@@ -113,9 +114,7 @@ def reference_features(reference: str, extractor: Extractor, data_dir=None, verb
               file=sys.stderr, flush=True)
     features, probs = extractor(images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, features=features, probs=probs.astype(np.float32))
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.savez(f, features=features, probs=probs.astype(np.float32)))
     return features, probs
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from difflab.data import to_uint8
+from difflab.files import inside, save_figure, write_atomic
 
 
 def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> np.ndarray:
@@ -28,47 +29,56 @@ def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2
 
 def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None,
               scale: int | None = None) -> Path:
-    """Write a PNG grid of images in [-1, 1]; small images are enlarged (nearest) for viewing."""
+    """Write a PNG grid of images in [-1, 1] (atomically); small images are enlarged (nearest)
+    for viewing."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(images.detach().float().cpu(), columns)
     picture = Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
     scale = scale or max(1, 64 // images.shape[-1])
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    picture.save(path)
-    return path
+    return _save_png(picture, path)
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
-    """One image [C, H, W] in [0, 1] as an 8-bit PNG at its own size."""
+    """One image [C, H, W] in [0, 1] as an 8-bit PNG at its own size (atomically)."""
     from PIL import Image
 
+    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return _save_png(Image.fromarray(pixels[0] if pixels.shape[0] == 1
+                                     else pixels.transpose(1, 2, 0)), path)
+
+
+def _save_png(picture, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(path)
-    return path
+    return write_atomic(path, lambda f: picture.save(f, format="PNG"))
 
 
 def save_npz(images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None) -> Path:
-    """Samples as float32 [N, C, H, W] in [0, 1] under key ``samples`` (and ``labels``)."""
+    """Samples as float32 [N, C, H, W] in [0, 1] under key ``samples`` (and ``labels``), written
+    atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"samples": ((images.float().clamp(-1, 1) + 1) / 2).numpy().astype(np.float32)}
     if labels is not None:
         arrays["labels"] = labels.numpy()
-    np.savez_compressed(path, **arrays)
-    return path
+    return write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def read_log(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl log; a line a kill tore (not JSON) is skipped."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in records if isinstance(r, dict)]
 
 
 def plot_curves(records: list[dict], path: str | Path) -> Path | None:
@@ -104,8 +114,7 @@ def plot_curves(records: list[dict], path: str | Path) -> Path | None:
         ax.set_yscale("log")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -138,10 +147,10 @@ def metrics_by_space(spaces: dict) -> list[str]:
 def write_report(run_dir: str | Path, sample_info: dict, metrics: dict | None = None) -> Path:
     """report.md in the run directory: config, loss curve, samples, throughput, metrics."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    records = read_log(run_dir / "metrics.jsonl")
+    config = json.loads(inside(run_dir, "config.json").read_text())
+    records = read_log(inside(run_dir, "metrics.jsonl"))
     train_records = [r for r in records if "loss" in r]
-    curve = plot_curves(records, run_dir / "loss.png")
+    curve = plot_curves(records, inside(run_dir, "loss.png"))
     last = train_records[-1] if train_records else {}
     speeds = [r["images_per_sec"] for r in train_records[len(train_records) // 10:]]
     n_params = sample_info.get("parameters")
@@ -191,6 +200,4 @@ def write_report(run_dir: str | Path, sample_info: dict, metrics: dict | None = 
                   for k, v in metrics.items() if k != "feature spaces"]
         lines.append("")
     lines += ["## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_atomic(inside(run_dir, "report.md"), "\n".join(lines))

@@ -27,55 +27,13 @@ unconditional model (num_classes 0) has no class embedding.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from difflab.data.shape import DataShape
+from difflab.nets.configs import DiTConfig  # noqa: F401 (re-exported)
 from difflab.nets.unet import sinusoidal_embedding
-
-
-@dataclass
-class DiTConfig:
-    kind: str = "dit"
-    patch: int = 2
-    width: int = 128
-    depth: int = 6
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    long_skips: bool = False
-
-    def validate(self, shape: DataShape | None = None) -> "DiTConfig":
-        """Check the options, and against ``shape`` (if given) that patches tile the image."""
-        for name in ("patch", "width", "depth", "heads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"net.{name}={v} must be a positive integer")
-        if self.width % self.heads:
-            raise ValueError(f"net.width={self.width} must be divisible by net.heads={self.heads}")
-        if not (math.isfinite(self.mlp_ratio) and self.width * self.mlp_ratio >= 1):
-            raise ValueError(f"net.mlp_ratio={self.mlp_ratio} must be positive "
-                             "(at least 1/net.width)")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"net.dropout={self.dropout} must be in [0, 1)")
-        if self.long_skips and self.depth < 2:
-            raise ValueError(f"net.long_skips={self.long_skips} needs net.depth >= 2, "
-                             f"got net.depth={self.depth}")
-        if shape is None:
-            return self
-        if len(shape.size) != 2:
-            raise ValueError(f"net.kind=dit needs 2-D images, got data of size {shape.size}")
-        if any(side % self.patch for side in shape.size):
-            raise ValueError(f"net.patch={self.patch} must divide both image sides, "
-                             f"got data of size {shape.size}")
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:

@@ -25,10 +25,12 @@ from dataclasses import asdict, dataclass
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from difflab.optim.langevin_options import _is_int, _is_real
+
 
 def cycle_length(total_steps: int, cycles: int) -> int:
     """Steps per cycle, ``ceil(K / M)`` (Zhang et al. 2020, eq. 1)."""
-    if total_steps < 1 or cycles < 1:
+    if not (_is_int(total_steps) and _is_int(cycles)) or total_steps < 1 or cycles < 1:
         raise ValueError(f"cycle_length: need total_steps >= 1 and cycles >= 1, got "
                          f"{total_steps} and {cycles}")
     return -(-total_steps // cycles)
@@ -145,6 +147,14 @@ class SamplingSchedule:
     samples_per_cycle: int | None = None
 
     def __post_init__(self):
+        for name in ("burn_in", "thinning", "cycle_length", "samples_per_cycle"):
+            value = getattr(self, name)
+            if not (_is_int(value) or value is None and name in ("cycle_length",
+                                                                   "samples_per_cycle")):
+                raise ValueError(f"SamplingSchedule: {name} must be an integer, got {value!r}")
+        if not _is_real(self.exploration) or not math.isfinite(self.exploration):
+            raise ValueError(f"SamplingSchedule: exploration must be a number in [0, 1), got "
+                             f"{self.exploration!r}")
         if self.burn_in < 0 or self.thinning < 1:
             raise ValueError(f"SamplingSchedule: need burn_in >= 0 and thinning >= 1, got "
                              f"{self.burn_in} and {self.thinning}")

@@ -45,6 +45,23 @@ from difflab.optim.normal import NormalStream
 __all__ = ["Langevin", "NOISE_MODES", "OPTIONS", "PRECONDITIONERS", "STATE_KEYS",
            "TEMPERATURE_SCHEDULES", "scheduled_temperature"]
 
+# The unit noise stays below about 9 in magnitude (|xi| of a 53-bit Box-Muller draw); a noise std
+# above the largest number of the parameters' dtype divided by this would overflow them to inf.
+NOISE_HEADROOM = 16.0
+
+
+def _check_noise_fits(index: int, group: dict, temperature: float, scales, params) -> None:
+    """ValueError (before anything changes) if this step's noise std is not finite or so large
+    that ``std * xi`` overflows the parameters' dtype (e.g. temperature=1e308)."""
+    largest = max(scales)
+    limit = min(torch.finfo(p.dtype.to_real()).max for p in params) / NOISE_HEADROOM
+    if not largest <= limit:  # NaN and inf too
+        raise ValueError(f"Langevin: param group {index}: temperature {_show(temperature)} "
+                         f"with lr {_show(group['lr'])} gives a noise std of {largest:.3g}, "
+                         f"which would overflow the parameters to inf (at most {limit:.3g}); "
+                         "lower the temperature")
+
+
 class Langevin(Optimizer):
     r"""Stochastic gradient Langevin dynamics, Welling & Teh 2011 (eq. 4), with variants.
 
@@ -338,6 +355,8 @@ class Langevin(Optimizer):
                 grads = [g.resolve_conj() for g in grads]     # view_as_real needs resolved
             temperature = _scheduled_temperature(group, t)
             scales = _noise_scales(group, temperature, t)
+            if temperature > 0:
+                _check_noise_fits(index, group, temperature, scales, params)
             if temperature > 0 and self.generator is not None:
                 dtype, device = params[0].dtype.to_real(), params[0].device
                 if any(p.dtype.to_real() != dtype or p.device != device for p in params):

@@ -179,6 +179,12 @@ class PosteriorCollector:
         if missing:
             raise KeyError(f"PosteriorCollector: model has no tensors named {missing}")
         targets = {n: named[n] for n in self.names}
+        for n, t in targets.items():  # copy_ would broadcast a [1, 4] snapshot into [3, 4]
+            kept = self.snapshots[0][n]
+            if kept.shape != t.shape:
+                raise ValueError(f"PosteriorCollector: the snapshots' {n} has shape "
+                                 f"{tuple(kept.shape)}, the model's {tuple(t.shape)} (another "
+                                 "architecture?)")
         saved = {n: t.detach().clone() for n, t in targets.items()}
         was_training = model.training
         stats, out_dtype = _Welford(), None
@@ -225,6 +231,19 @@ class PosteriorCollector:
             raise ValueError("PosteriorCollector: the state_dict tracks tensors "
                              f"{meta['names']}, this collector {self.names}")
         count = len(meta["snapshot_steps"])
+        if len(meta["collectible_index"]) != count or count > int(meta["max_snapshots"]):
+            raise ValueError(f"PosteriorCollector: the state_dict has {count} snapshot steps, "
+                             f"{len(meta['collectible_index'])} collectible indices and "
+                             f"max_snapshots {meta['max_snapshots']!r}: inconsistent")
+        for n in self.names:
+            want = (count, *self._source[n].shape)
+            value = stacked.get(n) if isinstance(stacked, dict) else None
+            if not torch.is_tensor(value) or tuple(value.shape) != want \
+                    or value.dtype != self._source[n].dtype:
+                got = (f"shape {tuple(value.shape)} {value.dtype}" if torch.is_tensor(value)
+                       else type(value).__name__)
+                raise ValueError(f"PosteriorCollector: state_dict snapshots[{n!r}] must be "
+                                 f"{self._source[n].dtype} of shape {want}, got {got}")
         self.snapshots = [{n: stacked[n][i].clone() for n in self.names} for i in range(count)]
         self.snapshot_steps = [int(s) for s in meta["snapshot_steps"]]
         self._collectible_index = [int(c) for c in meta["collectible_index"]]
@@ -301,6 +320,14 @@ class PredictiveAverage:
     def load_state_dict(self, state_dict: dict) -> None:
         meta = state_dict["metadata"]
         _check_task(meta["task"])
+        count = meta["count"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"PredictiveAverage: state_dict count must be an integer >= 0, "
+                             f"got {count!r}")
+        if count and tuple(state_dict["m2"].shape) != tuple(state_dict["mean"].shape):
+            raise ValueError(f"PredictiveAverage: state_dict mean has shape "
+                             f"{tuple(state_dict['mean'].shape)}, m2 "
+                             f"{tuple(state_dict['m2'].shape)}")
         self.task, self.steps_seen = meta["task"], int(meta["steps_seen"])
         self.schedule = SamplingSchedule.from_dict(meta["schedule"])
         self._stats = _Welford()

@@ -31,6 +31,8 @@ import math
 
 import torch
 
+from difflab.optim.langevin_options import _is_int, _is_real
+
 
 def sgld_hyperparameters(dataset_size: int, step_size: float, temperature: float = 1.0, *,
                          prior_precision: float = 0.0) -> dict:
@@ -86,18 +88,42 @@ def sghmc_hyperparameters(dataset_size: int, step_size: float, friction: float,
     (``gaussian_stationary_covariance`` gives it exactly for a Gaussian posterior).
     """
     _check_common(dataset_size, step_size, temperature, prior_precision)
-    if not 0.0 < friction <= 1.0:
-        raise ValueError(f"sghmc_hyperparameters: friction must be in (0, 1], got {friction}")
+    if not _is_real(friction) or not 0.0 < friction <= 1.0:
+        raise ValueError(f"sghmc_hyperparameters: friction must be in (0, 1], got {friction!r}")
     n = float(dataset_size)
     return dict(lr=n * step_size, momentum=1.0 - friction, temperature=temperature / n,
                 weight_decay=prior_precision / n)
 
 
 def _check_common(dataset_size, step_size, temperature, prior_precision) -> None:
-    if dataset_size < 1 or step_size <= 0 or temperature < 0 or prior_precision < 0:
-        raise ValueError(f"need dataset_size >= 1, step_size > 0, temperature >= 0 and "
-                         f"prior_precision >= 0, got {dataset_size}, {step_size}, "
-                         f"{temperature}, {prior_precision}")
+    """One-line ValueError naming the first bad argument: an integer dataset_size >= 1 and
+    finite numbers step_size > 0, temperature >= 0, prior_precision >= 0 (NaN and inf never
+    pass, so the hyperparameters returned are finite)."""
+    if not _is_int(dataset_size) or dataset_size < 1:
+        raise ValueError(f"dataset_size must be an integer >= 1, got {dataset_size!r}")
+    _check_number("step_size", step_size, positive=True)
+    _check_number("temperature", temperature)
+    _check_number("prior_precision", prior_precision)
+
+
+def _check_tensor(name: str, value, square: bool = False) -> None:
+    """ValueError unless ``value`` is a finite real tensor of at least one dimension (a square
+    matrix if ``square``), naming ``name`` and what it got."""
+    shape = tuple(value.shape) if torch.is_tensor(value) else None
+    if shape is None or not shape or value.is_complex() or \
+            square and (len(shape) != 2 or shape[0] != shape[1]):
+        got = type(value).__name__ if shape is None else f"shape {shape} {value.dtype}"
+        raise ValueError(f"{name} must be a real {'square matrix' if square else 'tensor'}, "
+                         f"got {got}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _check_number(name: str, value, positive: bool = False) -> None:
+    """ValueError unless ``value`` is a finite real number > 0 (``positive``) or >= 0."""
+    if not _is_real(value) or not math.isfinite(value) or value < 0 or positive and value == 0:
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got "
+                         f"{value!r}")
 
 
 def gaussian_stationary_covariance(precision: torch.Tensor, step_size: float,
@@ -121,9 +147,12 @@ def gaussian_stationary_covariance(precision: torch.Tensor, step_size: float,
     ``Sigma_h - T A^{-1} = (h T / (2 (1 + mu))) (I - h A / (2 (1 + mu)))^{-1}`` (spectral norm
     ``<= h T / (2 (1 + mu) - h lam_max)``). Stable iff ``h lam_max < 2 (1 + mu)``.
     """
-    if not 0.0 < friction <= 1.0:
+    if not _is_real(friction) or not 0.0 < friction <= 1.0:
         raise ValueError(f"gaussian_stationary_covariance: friction must be in (0, 1], got "
-                         f"{friction}")
+                         f"{friction!r}")
+    _check_number("step_size", step_size, positive=True)
+    _check_number("temperature", temperature)
+    _check_tensor("gaussian_stationary_covariance: precision", precision, square=True)
     a = precision.to(torch.float64)
     lam, vectors = torch.linalg.eigh((a + a.T) / 2)
     denominator = 2.0 * (2.0 - friction)                       # 2 (1 + mu)
@@ -146,6 +175,7 @@ def effective_sample_size(chain: torch.Tensor) -> torch.Tensor:
     Stan), which keeps strongly antithetic chains finite. Returns float64 of shape
     ``chain.shape[1:]``.
     """
+    _check_tensor("effective_sample_size: chain", chain)
     n = chain.shape[0]
     if n < 4:
         raise ValueError(f"effective_sample_size: need at least 4 draws, got {n}")

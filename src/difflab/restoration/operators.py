@@ -233,6 +233,9 @@ def hartley2(x: torch.Tensor) -> torch.Tensor:
     return spectrum.real - spectrum.imag
 
 
+MAX_BLUR_STD = 1e4  # pixels: wider is a uniform blur for any image there is; std^2 fits
+
+
 class Blur(LinearOperator):
     """Circular convolution with a point-symmetric kernel: a Gaussian of standard deviation
     ``std`` pixels (periodised over the image) or a ``size`` x ``size`` box (odd size).
@@ -248,8 +251,9 @@ class Blur(LinearOperator):
         if (std is None) == (size is None):
             raise ValueError(f"Blur needs exactly one of std (Gaussian) or size (box), "
                              f"got std={std}, size={size}")
-        if std is not None and not (math.isfinite(float(std)) and float(std) > 0):
-            raise ValueError(f"Gaussian blur std={std} must be a finite number > 0")
+        if std is not None and not 0 < float(std) <= MAX_BLUR_STD:  # (NaN fails too)
+            raise ValueError(f"Gaussian blur std={std} must be a number in (0, {MAX_BLUR_STD:g}] "
+                             "pixels")
         if size is not None and (isinstance(size, bool) or int(size) != size or size < 1
                                  or size % 2 == 0):
             raise ValueError(f"box blur size={size} must be an odd positive integer")

@@ -315,6 +315,9 @@ def restore_sdedit(denoiser, x, sigmas, strength: float = 0.5, cond=None, genera
     return sampler(denoiser, x_s, tail, cond=cond, generator=generator, callback=callback, **options)
 
 
+MAX_DRAWS = 1000  # a posterior mean of more draws than this is a job for a loop of calls
+
+
 def restore_mean(solver, draws: int, denoiser, y, operator, sigmas, cond=None, generator=None,
                  callback=None, antithetic: bool = True, **options):
     """The mean of ``draws`` restorations by ``solver``: a Monte Carlo estimate of the posterior
@@ -333,8 +336,8 @@ def restore_mean(solver, draws: int, denoiser, y, operator, sigmas, cond=None, g
     independent ones (BENCHMARKS.md). ``antithetic=False``: successive independent draws from
     ``generator``. Averaging is linear, so with noiseless y the mean satisfies A x = y like every
     draw (known pixels exact). Accumulated in float64 whatever the draws' dtype."""
-    if isinstance(draws, bool) or int(draws) != draws or draws < 1:
-        raise ValueError(f"draws={draws}: must be an integer >= 1")
+    if isinstance(draws, bool) or int(draws) != draws or not 1 <= draws <= MAX_DRAWS:
+        raise ValueError(f"draws={draws}: must be an integer in [1, {MAX_DRAWS}]")
     draws = int(draws)
     mirrored = MirroredNoise(generator) if antithetic and draws > 1 else None
     total = None

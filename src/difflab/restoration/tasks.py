@@ -22,15 +22,11 @@ from difflab.device import autocast
 from difflab.diffusion.generation import check_class_label, model_sigmas
 from difflab.diffusion.guidance import guided
 from difflab.restoration.operators import Blur, Downsample, Grayscale, Identity, Inpainting
+from difflab.options import DEFAULT_METHOD, RESTORATION_TASKS as TASKS  # noqa: F401
+from difflab.options import check_seed, check_steps
 from difflab.restoration.solvers import get_solver, restore_mean, restore_sdedit
 
-TASKS = ("inpaint", "upscale", "denoise", "deblur", "colorize", "edit")
 DEFAULT_STEPS = 50
-# noisy measurements get DDRM: at 50 steps DDNM+ re-injects the measurement's noise at every step
-# and returns nearly the noisy input (CIFAR-10, 100 test images, denoising at sigma 0.2: PSNR 17.1
-# vs DDRM's 24.6 dB, FID 27.2 vs 4.2; BENCHMARKS.md, "Default solvers")
-DEFAULT_METHOD = {"inpaint": "ddnm", "upscale": "ddnm", "denoise": "ddrm", "deblur": "ddrm",
-                  "colorize": "ddnm"}
 # std of 8-bit rounding noise in [0, 1] pixel units (uniform on +-1/510): a blurred PNG is never
 # a noiseless measurement, and blur's small singular values would amplify that noise without
 # bound (one MNIST digit, Gaussian blur std 1, 50 steps: RMSE 0.49 assumed noiseless, 0.05 with it)
@@ -121,12 +117,16 @@ def restore(model, images: torch.Tensor, task: str, *, method: str | None = None
     uncertain; not for edit)."""
     if task not in TASKS:
         raise ValueError(f"unknown restoration task {task!r} (choose from {', '.join(TASKS)})")
-    images = torch.as_tensor(images, dtype=torch.float32)
+    steps = DEFAULT_STEPS if steps is None else check_steps(steps)  # 0 is not "the default"
+    seed = check_seed(seed)
+    images = torch.as_tensor(images)
+    if images.is_complex() or images.dtype == torch.bool:
+        raise ValueError(f"images must be real numbers in [0, 1], got dtype {images.dtype}")
+    images = images.to(torch.float32)
     if images.dim() != 4 or not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
         raise ValueError("images must be a finite float tensor [N, C, H, W] in [0, 1]")
     denoiser, shape, device = model.denoiser, model.shape, model.device
     y = images.to(device) * 2 - 1
-    steps = steps or DEFAULT_STEPS
     grid = model.config.sample.grid  # a named grid of the recipe; optimized ones are per sampler
     sigmas = model_sigmas(denoiser, steps, None if grid in ("auto", "optimized") else grid)
     cond = None
@@ -148,6 +148,7 @@ def restore(model, images: torch.Tensor, task: str, *, method: str | None = None
         else:
             operator, out_shape = make_operator(task, shape, y, **task_options)
             check_size(model, out_shape)
+            check_memory(model, out_shape, steps, draws, guided=cond is not None)
             solver = get_solver(method or DEFAULT_METHOD[task])
             x = restore_mean(solver, draws, denoiser, y, operator, sigmas, cond=cond,
                              generator=generator)
@@ -158,9 +159,16 @@ def restore(model, images: torch.Tensor, task: str, *, method: str | None = None
 
 
 def check_size(model, out_shape) -> None:
-    """ValueError unless the model's network accepts images of ``out_shape``."""
+    """ValueError unless the model's network accepts images of ``out_shape`` and they are no
+    larger than an input image may be (``data.MAX_IMAGE_PIXELS``)."""
+    from difflab.data import MAX_IMAGE_PIXELS
     from difflab.data.shape import DataShape
 
+    height, width = out_shape[2:]
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ValueError(f"the restored images would be {width}x{height} ({height * width:,} "
+                         f"pixels), more than the {MAX_IMAGE_PIXELS:,} an image may have "
+                         "(lower --factor, or give smaller images)")
     size = DataShape(out_shape[1], tuple(out_shape[2:]), model.shape.num_classes)
     try:
         model.config.net.validate(size)
@@ -169,3 +177,28 @@ def check_size(model, out_shape) -> None:
                              f"{'x'.join(map(str, model.shape.size[::-1]))} images only")
     except ValueError as e:
         raise ValueError(f"the network cannot restore {out_shape[3]}x{out_shape[2]} images ({e})") from None
+
+
+def check_memory(model, out_shape, steps: int, draws: int, guided: bool) -> None:
+    """ValueError if restoring ``out_shape`` ([N, C, H, W]) would need more than half of this
+    machine's memory, before anything is allocated: per image twice the network's counted peak
+    activations at that size (``memory.forward_peak_bytes``: a real CPU forward pass of the
+    digits and MNIST U-Nets at 224-448 pixels peaked at 1.5-2x the count, its kernels'
+    workspaces), twice that again with guidance, and the solver's state (about 16 image-sized
+    float32 tensors, plus the noise of every step that the second draw of an antithetic pair
+    replays)."""
+    from difflab.data.shape import DataShape
+    from difflab.memory import forward_peak_bytes, machine_memory
+
+    memory = machine_memory()
+    if memory is None:
+        return
+    n, pixels = out_shape[0], 4 * out_shape[1] * out_shape[2] * out_shape[3]
+    one = DataShape(out_shape[1], tuple(out_shape[2:]), model.shape.num_classes)
+    network = 2 * forward_peak_bytes(model.config.net, one) * (2 if guided else 1)
+    need = n * (network + pixels * (16 + (steps + 1 if draws > 1 else 0)))
+    if need > memory // 2:
+        raise ValueError(f"restoring {n} image(s) of {out_shape[3]}x{out_shape[2]} pixels needs "
+                         f"about {need / 2**30:.1f} GiB, more than half of this machine's "
+                         f"{memory / 2**30:.0f} GiB; restore fewer or smaller images at a time "
+                         "(or a lower --factor)")

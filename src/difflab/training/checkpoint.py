@@ -11,102 +11,57 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
+
+from difflab.config import MAX_TRAIN_STEPS
+from difflab.files import inside, write_atomic
+from difflab.training.run_dir import INDEX, WEIGHTS_NAME
 
 FORMAT = "difflab-checkpoint"
-WEIGHTS_NAME = re.compile(r"checkpoint-\d+\.safetensors")
-MARKER = ".difflab-run"  # written when a run starts, before its first checkpoint
-RUN_OUTPUTS = ("config.json", "metrics.jsonl", "report.md", "samples.png", "samples.npz",
-               "loss.png")
 # 2: config sections net/run/loop/sample and the data shape beside the config; 3: training
 # randomness keyed by (seed, step, sample index), no rng.* tensors (a version 2 run resumes with
 # the new draws, so its continuation differs from what the old code would have drawn), and the
-# weights file's SHA-256 in weights_sha256 (checked on load when present)
+# weights file's SHA-256 in weights_sha256 (required from version 3 on, checked on load)
 VERSION = 3
-INDEX = "checkpoint.json"
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or corrupt; one line naming the file."""
 
 
-def claim_run_dir(out: Path, resume: bool, force: bool = False) -> None:
-    """Make ``out`` ready for a run, or raise ValueError without touching anything.
-
-    - A path that exists and is not a directory is an error.
-    - ``resume``: ``out`` must hold a checkpoint.
-    - A new run: a directory with a checkpoint is refused (pass resume); a directory holding
-      files of something else is refused unless ``force``; a run that was killed before its first
-      checkpoint (``MARKER`` but no checkpoint) is started again from a clean log.
-    Temporary files of checkpoint writes that a kill interrupted are removed."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a directory (choose another --out)")
-    has_checkpoint = (out / INDEX).is_file()
-    if resume and not has_checkpoint:
-        raise ValueError(f"{out}: no checkpoint to resume ({INDEX} not found); start it "
-                         "without --resume")
-    if has_checkpoint and not resume:
-        raise ValueError(f"{out}: run directory already has a checkpoint; pass --resume to "
-                         "continue it or choose another --out")
-    started = (out / MARKER).is_file()
-    if not resume and out.is_dir() and any(out.iterdir()) and not started and not force:
-        raise ValueError(f"{out}: directory is not empty and is not a difflab run (no {INDEX}); "
-                         "choose another --out, or pass --force to write into it")
-    if out.is_dir() and (has_checkpoint or started):
-        for stale in out.glob(".checkpoint*.tmp-*"):
-            stale.unlink(missing_ok=True)
-    if started and not has_checkpoint:  # killed before its first checkpoint: start clean
-        for name in RUN_OUTPUTS:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "samples", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(run_dir: str | Path, step: int, config: dict, tensors: dict[str, torch.Tensor],
                     meta: dict | None = None) -> Path:
-    """Write the weights, then point ``checkpoint.json`` at them; remove superseded weights."""
+    """Write the weights, then point ``checkpoint.json`` at them; remove superseded weights
+    (files named exactly ``checkpoint-<digits>.safetensors``, nothing else). A full disk is one
+    OSError naming the file, and the previous checkpoint stays whole and current."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights_name = f"checkpoint-{step:08d}.safetensors"
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(run_dir / weights_name,
-                  lambda p: save_file(tensors, str(p), metadata={"format": FORMAT, "step": str(step)}))
-    digest = hashlib.sha256((run_dir / weights_name).read_bytes()).hexdigest()
+    raw = save(tensors, metadata={"format": FORMAT, "step": str(step)})
+    write_atomic(inside(run_dir, weights_name), raw)
     info = {"format": FORMAT, "version": VERSION, "step": step, "weights": weights_name,
-            "weights_sha256": digest, "config": config, **(meta or {})}
-    _atomic_write(run_dir / INDEX, lambda p: p.write_text(json.dumps(info, indent=2)))
-    for old in run_dir.glob("checkpoint-*.safetensors"):
-        if old.name != weights_name:
-            old.unlink(missing_ok=True)
+            "weights_sha256": hashlib.sha256(raw).hexdigest(), "config": config, **(meta or {})}
+    write_atomic(inside(run_dir, INDEX), json.dumps(info, indent=2))
+    for old in run_dir.iterdir():
+        if WEIGHTS_NAME.fullmatch(old.name) and old.name != weights_name:
+            inside(run_dir, old.name).unlink(missing_ok=True)
     return run_dir / INDEX
 
 
 def _index_path(path: str | Path) -> Path:
+    """The checkpoint.json of a run directory, its weights file or itself, refused if it is a
+    link out of the run directory."""
     path = Path(path)
     if path.is_dir():
-        path = path / INDEX
-    elif path.suffix == ".safetensors":
-        path = path.with_name(INDEX)
+        path = inside(path, INDEX)
+    else:
+        path = inside(path.parent, INDEX if path.suffix == ".safetensors" else path.name)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint found (expected a run directory or {INDEX})")
     return path
@@ -134,13 +89,20 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if version > VERSION:
         raise CheckpointError(f"{index}: format version {version} is newer than this difflab "
                               f"reads (up to {VERSION}); upgrade difflab")
-    if info["step"] < 0 or not WEIGHTS_NAME.fullmatch(info["weights"]):
-        raise CheckpointError(f"{index}: bad step {info['step']!r} or weights name "
-                              f"{info['weights']!r:.60} (expected checkpoint-<step>.safetensors)")
-    weights = index.with_name(info["weights"])
+    if not 0 <= info["step"] <= MAX_TRAIN_STEPS or not WEIGHTS_NAME.fullmatch(info["weights"]):
+        raise CheckpointError(f"{index}: bad step {info['step']!r:.40} (must be in [0, "
+                              f"{MAX_TRAIN_STEPS:,}]) or weights name {info['weights']!r:.60} "
+                              "(expected checkpoint-<step>.safetensors)")
+    try:
+        weights = inside(index.parent, info["weights"])
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file named in {index.name} is missing")
     digest = info.get("weights_sha256")  # written since format version 3
+    if digest is None and version >= 3:
+        raise CheckpointError(f"{index}: format version {version} records the weights' SHA-256 "
+                              "but field 'weights_sha256' is missing (tampered with?)")
     if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
         raise CheckpointError(f"{index}: field 'weights_sha256' should be 64 hex digits, got "
                               f"{digest!r:.80}")
@@ -155,6 +117,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
         raise CheckpointError(f"{weights}: contents do not match the SHA-256 recorded in "
                               f"{index.name} (corrupt or replaced)")
+    # an older version number must match the older layout: a newer checkpoint with its version
+    # lowered (to skip the checksum) is refused, not loaded unchecked
+    if version == 1 and "unet" not in info["config"] or \
+            version == 2 and not any(k.startswith("rng.") for k in tensors):
+        raise CheckpointError(f"{index}: says format version {version}, but its "
+                              f"{'config' if version == 1 else 'weights'} have a newer layout "
+                              "(tampered with?)")
     return info, tensors
 
 
@@ -204,18 +173,34 @@ def checkpoint_config(info: dict, where) -> tuple:
     return from_dict(config), DataShape.from_dict(shape, str(where))
 
 
+def check_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where) -> None:
+    """CheckpointError naming ``where`` unless ``weights`` has exactly ``module``'s tensors, of
+    its shapes and dtypes (an integer tensor is never cast into a float weight). ``module`` may
+    live on the meta device: a config or shape that was tampered with is caught before the
+    network is built for real (which could ask for any amount of memory)."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: weights do not match the config ("
+                              + (f"missing {missing[0]}" if missing else
+                                 f"unexpected {unexpected[0]}") + ")")
+    for name, value in weights.items():
+        if value.shape != own[name].shape or value.dtype != own[name].dtype:
+            raise CheckpointError(f"{where}: weight {name} is {str(value.dtype)[6:]} "
+                                  f"{tuple(value.shape)}, the network's "
+                                  f"{str(own[name].dtype)[6:]} {tuple(own[name].shape)} "
+                                  "(weights and config do not match: corrupt or tampered with)")
+
+
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where) -> None:
-    """``module.load_state_dict(weights)``; CheckpointError naming ``where`` if they do not match
-    or are not finite."""
+    """``module.load_state_dict(weights)`` after ``check_weights``; CheckpointError naming
+    ``where`` if they do not match or are not finite."""
+    check_weights(module, weights, where)
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{where}: weights contain NaN or inf ({bad[0]}"
                               f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''})")
-    try:
-        module.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{where}: weights do not match the config ({first})") from None
+    module.load_state_dict(weights)
 
 
 def load_denoiser(path: str | Path, ema: bool = True):
@@ -225,7 +210,9 @@ def load_denoiser(path: str | Path, ema: bool = True):
 
     info, tensors = read_checkpoint(path)
     config, shape = checkpoint_config(info, _index_path(path))
-    denoiser = build_denoiser(config, shape)
     weights = sub_state(tensors, "ema" if ema and any(k.startswith("ema.") for k in tensors) else "model")
+    with torch.device("meta"):  # no memory: the recorded config and shape must fit the weights
+        check_weights(build_denoiser(config, shape).net, weights, _index_path(path))
+    denoiser = build_denoiser(config, shape)
     load_weights(denoiser.net, weights, _index_path(path))
     return denoiser.eval().requires_grad_(False), config, shape

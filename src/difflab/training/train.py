@@ -29,6 +29,7 @@ dict`` (see ``difflab.runs``), called on rank 0 every ``loop.eval_every`` steps.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -42,25 +43,23 @@ from difflab.data import load_dataset
 from difflab.data.shape import DataShape
 from difflab.device import autocast, fast_layout, resolve_device, resolve_precision
 from difflab.diffusion.denoiser import build_denoiser
-from difflab.diffusion.generation import generate, machine_memory
+from difflab.diffusion.generation import generate
 from difflab.diffusion.loss import denoising_loss
 from difflab.diffusion.samplers import keyed_seed
 from difflab.diffusion.schedules import make_alpha_bar, sample_training_sigma
 from difflab.evaluation.report import save_grid
 from difflab.nets import build_net
 from difflab.progress import Progress
-from difflab.training import distributed
-from difflab.training.checkpoint import (INDEX, CheckpointError, checkpoint_config,
-                                         claim_run_dir, load_optimizer, load_weights,
-                                         optimizer_tensors, read_checkpoint, save_checkpoint,
-                                         sub_state)
+from difflab.training import TrainingError, distributed
+from difflab.files import append_line, inside, write_atomic
+from difflab.memory import machine_memory
+from difflab.training.checkpoint import (CheckpointError, checkpoint_config, load_optimizer,
+                                         load_weights, optimizer_tensors, read_checkpoint,
+                                         save_checkpoint, sub_state)
+from difflab.training.run_dir import INDEX, SAMPLES, claim_run_dir
 from difflab.training.ema import EMA
 
 GRID_SEED = 1234
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN); the message names the step and checkpoint."""
 
 
 def prepare(config: TrainConfig):
@@ -204,110 +203,115 @@ def train(config: TrainConfig, resume: bool = False, evaluator=None, force: bool
     alpha_bar = make_alpha_bar(diff.schedule, diff.timesteps) if diff.density == "ddpm" else None
     step, train_seconds, saved_step, last_checkpoint = 0, 0.0, None, None
 
-    # rank 0 refuses, before anything is written, a directory that is not ours; the others wait
-    distributed.on_main(claim_run_dir, out, resume, force)
-    if resume:  # every rank loads the checkpoint
-        info, tensors = read_checkpoint(out)
-        saved_config, saved_shape = checkpoint_config(info, out / INDEX)
-        saved, now = trajectory(saved_config.to_dict()), trajectory(config.to_dict())
-        if saved != now or saved_shape != shape:
-            changed = sorted(f"{s}.{k}" for s in now for k in now[s]
-                             if saved.get(s, {}).get(k) != now[s][k]) or ["data shape"]
-            raise ValueError(f"{out / INDEX}: cannot resume with changed settings "
-                             f"({', '.join(changed)}); only the loop and sample sections may change")
-        load_weights(denoiser.net, sub_state(tensors, "model"), out / INDEX)
-        load_weights(ema.model, sub_state(tensors, "ema"), out / INDEX)
-        try:
-            load_optimizer(optimizer, tensors, info["param_groups"])
-            step, train_seconds = info["step"], float(info["train_seconds"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{out / INDEX}: cannot restore the training state "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})") from None
-        # a resume that changes the loop or sample section rewrites the checkpoint at the end,
-        # even if it trains no further step: what reads the run (finish, sample) sees the new one
-        saved_step = step if saved_config.to_dict() == config.to_dict() else None
-        last_checkpoint = out / INDEX
-        distributed.on_main(_truncate_log, out / "metrics.jsonl", step)
-    distributed.on_main((out / "config.json").write_text, json.dumps(config.to_dict(), indent=2))
+    # rank 0 refuses, before anything is written, a directory that is not ours, and holds the
+    # run's lock (one writer at a time) until training ends; the others wait
+    with distributed.on_main(claim_run_dir, out, resume, force) or contextlib.nullcontext():
+        if resume:  # every rank loads the checkpoint
+            info, tensors = read_checkpoint(out)
+            saved_config, saved_shape = checkpoint_config(info, out / INDEX)
+            saved, now = trajectory(saved_config.to_dict()), trajectory(config.to_dict())
+            if saved != now or saved_shape != shape:
+                changed = sorted(f"{s}.{k}" for s in now for k in now[s]
+                                 if saved.get(s, {}).get(k) != now[s][k]) or ["data shape"]
+                raise ValueError(f"{out / INDEX}: cannot resume with changed settings "
+                                 f"({', '.join(changed)}); only the loop and sample sections "
+                                 "(and where the data is) may change")
+            load_weights(denoiser.net, sub_state(tensors, "model"), out / INDEX)
+            load_weights(ema.model, sub_state(tensors, "ema"), out / INDEX)
+            try:
+                load_optimizer(optimizer, tensors, info["param_groups"])
+                step, train_seconds = info["step"], float(info["train_seconds"])
+                if not 0 <= train_seconds < math.inf:
+                    raise ValueError(f"train_seconds is {train_seconds}")
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointError(f"{out / INDEX}: cannot restore the training state "
+                                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})") from None
+            # a resume that changes the loop or sample section rewrites the checkpoint at the end,
+            # even if it trains no further step: what reads the run (finish, sample) sees the new one
+            saved_step = step if saved_config.to_dict() == config.to_dict() else None
+            last_checkpoint = out / INDEX
+            distributed.on_main(_truncate_log, inside(out, "metrics.jsonl"), step)
+        distributed.on_main(write_atomic, inside(out, "config.json"),
+                            json.dumps(config.to_dict(), indent=2))
 
-    def checkpoint() -> Path:
-        tensors = {**{f"model.{k}": v for k, v in denoiser.net.state_dict().items()},
-                   **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
-        optim_tensors, param_groups = optimizer_tensors(optimizer)
-        distributed.on_main(save_checkpoint, out, step, config.to_dict(),
-                            {**tensors, **optim_tensors},
-                            {"shape": shape.to_dict(), "precision": precision,
-                             "precision_reason": precision_reason, "param_groups": param_groups,
-                             "train_seconds": train_seconds, "images_seen": step * batch,
-                             "processes": world})
-        return out / INDEX
+        def checkpoint() -> Path:
+            tensors = {**{f"model.{k}": v for k, v in denoiser.net.state_dict().items()},
+                       **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
+            optim_tensors, param_groups = optimizer_tensors(optimizer)
+            distributed.on_main(save_checkpoint, out, step, config.to_dict(),
+                                {**tensors, **optim_tensors},
+                                {"shape": shape.to_dict(), "precision": precision,
+                                 "precision_reason": precision_reason, "param_groups": param_groups,
+                                 "train_seconds": train_seconds, "images_seen": step * batch,
+                                 "processes": world})
+            return out / INDEX
 
-    def finished() -> bool:
-        return (loop.steps is not None and step >= loop.steps) or \
-            (loop.minutes is not None and train_seconds >= 60 * loop.minutes)
+        def finished() -> bool:
+            return (loop.steps is not None and step >= loop.steps) or \
+                (loop.minutes is not None and train_seconds >= 60 * loop.minutes)
 
-    def sample_grid(n: int, seed: int) -> torch.Tensor:
-        smp = config.sample
-        return generate(denoiser.with_net(ema.model), shape.item, shape.num_classes, n,
-                        sampler=smp.sampler, steps=smp.steps, grid=smp.grid,
-                        guidance=smp.guidance, seed=seed, precision=precision)
+        def sample_grid(n: int, seed: int) -> torch.Tensor:
+            smp = config.sample
+            return generate(denoiser.with_net(ema.model), shape.item, shape.num_classes, n,
+                            sampler=smp.sampler, steps=smp.steps, grid=smp.grid,
+                            guidance=smp.guidance, seed=seed, precision=precision)
 
-    def log(record: dict) -> None:
-        if main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    # several ranks: DistributedDataParallel around the same network (rank 0's parameters)
-    model = denoiser.with_net(distributed.wrap(denoiser.net, device))
-    progress = Progress(loop.steps, 60 * loop.minutes if loop.minutes else None, step) if main else None
-    denoiser.train()
-    while not finished():
-        started = time.perf_counter()
-        torch.manual_seed(keyed_seed("torch", run.seed, step, rank))  # network dropout, if any
-        x0, cond, sigma, noise = batch_share(data, config, alpha_bar, step, rank * share, share)
-        x0, sigma, noise = x0.to(device), sigma.to(device), noise.to(device)
-        cond = None if cond is None else cond.to(device)
-        lr = opt_cfg.lr * min(1.0, (step + 1) / max(opt_cfg.warmup_steps, 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        loss, grad_norm = optimization_step(model, denoiser.net, optimizer, config,
-                                            (x0, cond, sigma, noise), device, precision)
-        step += 1
-        ema.update(denoiser.net, batch, step * batch)
-        # the global batch's loss and the step's wall time, the same on every rank
-        loss_value, seconds = distributed.all_mean([loss.item(), time.perf_counter() - started])
-        train_seconds += seconds
-        if not math.isfinite(loss_value):  # raised before this step's state can be saved
-            raise TrainingError(f"loss became {loss_value} at step {step}; last good "
-                                f"checkpoint: {last_checkpoint or 'none written yet'}")
-
-        if step % loop.log_every == 0 or finished():
-            record = {"step": step, "loss": loss_value, "grad_norm": grad_norm.item(), "lr": lr,
-                      "images_per_sec": batch / seconds, "train_seconds": round(train_seconds, 3)}
-            log(record)
+        def log(record: dict) -> None:
             if main:
-                progress.update(step, train_seconds, loss=f"{loss_value:.4f}",
-                                img_s=f"{batch / seconds:.0f}")
-        elif main:
-            progress.update(step, train_seconds)
-        if step % loop.sample_every == 0:
-            distributed.on_main(lambda: save_grid(sample_grid(64, GRID_SEED),
-                                                  out / "samples" / f"step-{step:08d}.png"))
-        if loop.eval_every and step % loop.eval_every == 0:  # (the evaluator may exist on rank 0 only)
-            distributed.on_main(lambda: evaluator and log(
-                {"step": step, **evaluator(denoiser.with_net(ema.model), shape)}))
-        if step % loop.checkpoint_every == 0 or finished():
-            last_checkpoint, saved_step = checkpoint(), step
-    if main:
-        progress.close()
-    if saved_step != step:
-        checkpoint()
-    return out
+                append_line(inside(out, "metrics.jsonl"), json.dumps(record))
+
+        # several ranks: DistributedDataParallel around the same network (rank 0's parameters)
+        model = denoiser.with_net(distributed.wrap(denoiser.net, device))
+        progress = Progress(loop.steps, 60 * loop.minutes if loop.minutes else None, step) if main else None
+        denoiser.train()
+        while not finished():
+            started = time.perf_counter()
+            torch.manual_seed(keyed_seed("torch", run.seed, step, rank))  # network dropout, if any
+            x0, cond, sigma, noise = batch_share(data, config, alpha_bar, step, rank * share, share)
+            x0, sigma, noise = x0.to(device), sigma.to(device), noise.to(device)
+            cond = None if cond is None else cond.to(device)
+            lr = opt_cfg.lr * min(1.0, (step + 1) / max(opt_cfg.warmup_steps, 1))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            loss, grad_norm = optimization_step(model, denoiser.net, optimizer, config,
+                                                (x0, cond, sigma, noise), device, precision)
+            step += 1
+            ema.update(denoiser.net, batch, step * batch)
+            # the global batch's loss and the step's wall time, the same on every rank
+            loss_value, seconds = distributed.all_mean([loss.item(), time.perf_counter() - started])
+            train_seconds += seconds
+            if not math.isfinite(loss_value):  # raised before this step's state can be saved
+                raise TrainingError(f"loss became {loss_value} at step {step}; last good "
+                                    f"checkpoint: {last_checkpoint or 'none written yet'}")
+
+            if step % loop.log_every == 0 or finished():
+                record = {"step": step, "loss": loss_value, "grad_norm": grad_norm.item(), "lr": lr,
+                          "images_per_sec": batch / seconds, "train_seconds": round(train_seconds, 3)}
+                log(record)
+                if main:
+                    progress.update(step, train_seconds, loss=f"{loss_value:.4f}",
+                                    img_s=f"{batch / seconds:.0f}")
+            elif main:
+                progress.update(step, train_seconds)
+            if step % loop.sample_every == 0:
+                distributed.on_main(lambda: save_grid(sample_grid(64, GRID_SEED),
+                                                      inside(out, SAMPLES, f"step-{step:08d}.png")))
+            if loop.eval_every and step % loop.eval_every == 0:  # (the evaluator may exist on rank 0 only)
+                distributed.on_main(lambda: evaluator and log(
+                    {"step": step, **evaluator(denoiser.with_net(ema.model), shape)}))
+            if step % loop.checkpoint_every == 0 or finished():
+                last_checkpoint, saved_step = checkpoint(), step
+        if main:
+            progress.close()
+        if saved_step != step:
+            checkpoint()
+        return out
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records written after the checkpoint we resume from."""
+    """Drop log records written after the checkpoint we resume from (atomically: a kill leaves
+    the old log or the new one)."""
     if not path.exists():
         return
     kept = []
@@ -319,4 +323,4 @@ def _truncate_log(path: Path, step: int) -> None:
         if isinstance(record, dict) and isinstance(record.get("step", 0), int) \
                 and record.get("step", 0) <= step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+    write_atomic(path, "".join(line + "\n" for line in kept))
