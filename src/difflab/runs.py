@@ -18,7 +18,7 @@ from difflab.config import TrainConfig, update, validate
 from difflab.device import fast_layout, resolve_device, resolve_precision
 from difflab.diffusion.generation import generate, model_sigmas
 from difflab.evaluation.evaluate import (SHAPES, difflab_extractor, evaluate_images,
-                                         extractors_for, floor_reference, reference_features)
+                                         extractors_for, floor_features, reference_features)
 from difflab.evaluation.metrics import MetricsError
 from difflab.evaluation.report import save_grid, save_npz, write_report
 from difflab.files import inside
@@ -206,8 +206,8 @@ def make_training_evaluator(config: TrainConfig, precision: str):
                            f"images, got data.image_size={config.data.image_size}")
     reference = f"{dataset}-test"
     for _, extractor in extractors_for(dataset):
-        for ref in (reference, floor_reference(reference)):
-            reference_features(ref, extractor, config.data.data_dir, verbose=True)
+        reference_features(reference, extractor, config.data.data_dir, verbose=True)
+        floor_features(reference, extractor, config.loop.eval_n, config.data.data_dir, verbose=True)
     smp = config.sample
 
     def evaluate_model(denoiser, shape) -> dict:

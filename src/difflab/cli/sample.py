@@ -140,10 +140,13 @@ def cmd_eval(args) -> int:
         return eval_nll(args, ev.load_split(dataset, split, args.data_dir))
     if args.samples is None:
         for _, e in ev.extractors_for(dataset, args.inception_weights):
-            for ref in (args.ref, ev.floor_reference(args.ref)):
-                feats, _ = ev.reference_features(ref, e, args.data_dir, verbose=True)
+            floor_n = max(ev.FLOOR_POOL, args.n or 1000)
+            for ref, first, feats in (
+                    (args.ref, None, ev.reference_features(args.ref, e, args.data_dir, True)[0]),
+                    (ev.floor_reference(args.ref), floor_n,
+                     ev.floor_features(args.ref, e, args.n or 1000, args.data_dir, True)[0])):
                 print(f"{ref}: {len(feats)} images, {feats.shape[1]}-d {e.name} features cached in "
-                      f"{ev.cache_dir() / f'{ref}-{e.tag}.npz'}")
+                      f"{ev.cache_path(ref, e, first)}")
         return 0
     path = Path(args.samples).expanduser()
     if path.is_dir() and (path / "checkpoint.json").is_file() or path.suffix == ".json":

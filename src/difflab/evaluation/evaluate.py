@@ -7,7 +7,7 @@
 - Samples come from a ``.npz``/``.npy`` file (key ``samples``; float in [0, 1] or uint8; NCHW, or
   NHWC when unambiguous), a folder of images, or a checkpoint (run directory), which is sampled.
 - The floor: FID/KID of N real images of the *other* split of the same data set against the
-  reference. FID is biased upward at small N (Chong & Forsyth 2020), so a model's FID means
+  reference (drawn from its first max(10,000, N) images). FID is biased upward at small N (Chong & Forsyth 2020), so a model's FID means
   little without the floor at the same N.
 - Two feature spaces where difflab ships two networks (MNIST: ``SECOND_FEATURES``): every metric
   is computed in both, the second under the prefix ``alt_``, so that a recipe choice made on one
@@ -34,6 +34,7 @@ from difflab.options import REFERENCES
 
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}  # dataset -> (channels, size)
 SMALL_N = 5000
+FLOOR_POOL = 10_000  # real images of the other split that the floor's N are drawn from (at least)
 CACHE_ENV = "DIFFLAB_CACHE"
 SECOND_FEATURES = {"mnist": "mnist-alt"}  # dataset -> the second shipped feature network
 FEATURE_LABELS = {"mnist": "difflab-MNIST", "cifar10": "difflab-CIFAR10",
@@ -97,9 +98,16 @@ def load_split(dataset: str, split: str, data_dir=None) -> torch.Tensor:
     return to_float(load_pixels(dataset, data_dir, split)[0])
 
 
-def reference_features(reference: str, extractor: Extractor, data_dir=None, verbose: bool = False):
-    """(features [N, D] float32, class probabilities [N, K]) of a whole split, cached on disk."""
-    path = cache_dir() / f"{reference}-{extractor.tag}.npz"
+def cache_path(reference: str, extractor: Extractor, first: int | None = None) -> Path:
+    """Where the features of a split (its first ``first`` images, if given) are cached."""
+    return cache_dir() / f"{reference}{'' if first is None else f'-first{first}'}-{extractor.tag}.npz"
+
+
+def reference_features(reference: str, extractor: Extractor, data_dir=None, verbose: bool = False,
+                       first: int | None = None):
+    """(features [N, D] float32, class probabilities [N, K]) of a whole split (or its first
+    ``first`` images), cached on disk."""
+    path = cache_path(reference, extractor, first)
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -108,7 +116,7 @@ def reference_features(reference: str, extractor: Extractor, data_dir=None, verb
             if verbose:
                 print(f"{path}: unreadable cache file, recomputing", file=sys.stderr)
     dataset, split = parse_reference(reference)
-    images = load_split(dataset, split, data_dir)
+    images = load_split(dataset, split, data_dir)[:first]
     if verbose:
         print(f"computing {extractor.name} features of {reference} ({len(images)} images) ...",
               file=sys.stderr, flush=True)
@@ -122,6 +130,15 @@ def floor_reference(reference: str) -> str:
     """The other split of the same data set (the real-vs-real floor's images)."""
     dataset, split = parse_reference(reference)
     return f"{dataset}-{'train' if split == 'test' else 'test'}"
+
+
+def floor_features(reference: str, extractor: Extractor, n: int, data_dir=None,
+                   verbose: bool = False):
+    """The pool the real-vs-real floor of ``n`` samples draws from: features of the first
+    max(FLOOR_POOL, n) images of the other split (10,000 of MNIST's 60,000 training images
+    instead of all: a sixth of the feature computation of a first evaluation on a machine)."""
+    return reference_features(floor_reference(reference), extractor, data_dir, verbose,
+                              first=max(FLOOR_POOL, n))
 
 
 def score_features(fake: np.ndarray, fake_probs: np.ndarray, ref: np.ndarray, floor_pool: np.ndarray,
@@ -165,7 +182,7 @@ def evaluate_images(images: torch.Tensor, reference: str = "mnist-test", data_di
               **{f"{prefix}features": ex.name for prefix, ex in extractors}}
     for prefix, ex in extractors:
         ref, _ = reference_features(reference, ex, data_dir, verbose)
-        pool, _ = reference_features(floor_reference(reference), ex, data_dir, verbose)
+        pool, _ = floor_features(reference, ex, len(images), data_dir, verbose)
         if verbose:
             print(f"score: {len(images)} samples in {ex.name} features", file=sys.stderr, flush=True)
         fake, probs = ex(images)
