@@ -4,7 +4,7 @@ sampled with 50 DDIM steps (diffusers) and difflab's default sampler, both score
 feature networks (FID/KID/precision/recall in each of difflab's feature spaces: two for MNIST;
 1,000 samples against the test split). Each side's training images/s and achieved GFLOP/s
 (training FLOPs per image from ``torch.utils.flop_counter``) are printed beside the scores, with
-the best GFLOP/s of a dense 3x3 convolution on this CPU as the yardstick.
+the CPU's fp32 peak (``--peak-gflops``) or a dense convolution measured here as the yardstick.
 
     python benchmarks/generative/quality_vs_diffusers.py --minutes 10 --data-dir ../shared/data
     python benchmarks/generative/quality_vs_diffusers.py --diffusers-steps 1750 --difflab-run runs/mnist
@@ -139,6 +139,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-gflops", type=float, default=None,
+                        help="the CPU's fp32 peak, for the percentages (default: a dense "
+                        "convolution measured here)")
     parser.add_argument("--out", default="runs/quality-vs-diffusers")
     parser.add_argument("--diffusers-only", action="store_true",
                         help="train and score only the diffusers side; save its samples to --out")
@@ -148,18 +151,18 @@ def main() -> None:
 
     images = load_dataset(args.data, args.data_dir, "train").images
     reference = f"{args.data}-test"
-    from cpu_speed import dense_conv_gflops
+    from cpu_speed import yardstick
 
-    peak = dense_conv_gflops()
+    peak, peak_name = yardstick(args.peak_gflops)
     print(f"torch {torch.__version__}, ATen capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads; dense 3x3 convolution: {peak:.0f} GFLOP/s")
+          f"{torch.get_num_threads()} threads; yardstick: {peak_name}, {peak:.0f} GFLOP/s")
     model, steps, seconds = train_diffusers(images, args.minutes, args.diffusers_steps, args.batch,
                                             args.seed, flips=args.data == "cifar10")
     flops = diffusers_train_flops(model, images.shape[1], images.shape[-1], args.batch)
     rate = (steps - 1) * args.batch / seconds
     print(f"diffusers UNet2DModel: {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{flops / 1e6:.0f} training MFLOP/image, {rate:.0f} images/s, "
-          f"{flops * rate / 1e9:.0f} GFLOP/s ({flops * rate / 1e9 / peak:.0%} of the dense convolution)")
+          f"{flops * rate / 1e9:.0f} GFLOP/s ({flops * rate / 1e9 / peak:.0%} of the yardstick)")
     diffusers_samples = sample_diffusers(model, args.n, args.seed)
     theirs = evaluate_images(diffusers_samples, reference, args.data_dir)
     print(f"diffusers: {steps} steps in {seconds / 60:.1f} min, {scores(theirs)}")
@@ -190,7 +193,7 @@ def main() -> None:
     rate = info["images_seen"] / ours_seconds
     print(f"difflab {load(run_dir).config.net.kind}: {flops / 1e6:.0f} training MFLOP/image, "
           f"{rate:.0f} images/s, {flops * rate / 1e9:.0f} GFLOP/s "
-          f"({flops * rate / 1e9 / peak:.0%} of the dense convolution; {info.get('precision')})")
+          f"({flops * rate / 1e9 / peak:.0%} of the yardstick; {info.get('precision')})")
     ours = evaluate_images(load(run_dir).generate(args.n, seed=args.seed), reference,
                            args.data_dir)
     print(f"difflab:   {ours_steps} steps in {ours_seconds / 60:.1f} min, {scores(ours)}")
