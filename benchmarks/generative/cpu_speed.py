@@ -24,13 +24,20 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def arms():
-    from difflab.config import recipe
+def arms(extra: list[str]):
+    """(name, config, channels-last) of every arm: the two recipes' networks in both layouts,
+    then each ``--arm`` (overrides on the fp32 recipe, e.g. "net.channel_mult=[2,3]"),
+    channels-last."""
+    from difflab.config import parse_overrides, recipe, update, validate
 
-    return [("AMX recipe's U-Net, default layout", recipe("mnist", "bf16"), False),
-            ("AMX recipe's U-Net, channels-last", recipe("mnist", "bf16"), True),
-            ("fp32 recipe's U-Net, default layout", recipe("mnist", "fp32"), False),
-            ("fp32 recipe's U-Net, channels-last", recipe("mnist", "fp32"), True)]
+    out = [("AMX recipe's U-Net, default layout", recipe("mnist", "bf16"), False),
+           ("AMX recipe's U-Net, channels-last", recipe("mnist", "bf16"), True),
+           ("fp32 recipe's U-Net, default layout", recipe("mnist", "fp32"), False),
+           ("fp32 recipe's U-Net, channels-last", recipe("mnist", "fp32"), True)]
+    for text in extra:
+        config = validate(update(recipe("mnist", "fp32"), parse_overrides(text.split())))
+        out.append((f"fp32 recipe with {text}, channels-last", config, True))
+    return out
 
 
 def dense_conv_gflops(repeats: int = 10) -> float:
@@ -72,6 +79,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     parser.add_argument("--peak-gflops", type=float, default=None,
                         help="the CPU's fp32 peak at this thread count, for the percentages")
+    parser.add_argument("--arm", action="append", default=[], metavar="OVERRIDES",
+                        help='another network: overrides of the fp32 recipe, e.g. '
+                        '"net.channel_mult=[2,3]" (repeatable)')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,7 +100,7 @@ def main() -> None:
                 torch.randn(x0.shape, generator=generator))
 
     setups = []
-    for name, config, channels_last in arms():
+    for name, config, channels_last in arms(args.arm):
         torch.manual_seed(0)
         denoiser = build_denoiser(config, shape)
         if channels_last:

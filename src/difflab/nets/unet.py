@@ -5,6 +5,9 @@ preconditioned input and the noise conditioning. Encoder blocks at each resoluti
 at the resolutions listed in ``attention_resolutions``, a middle block, and a decoder that
 concatenates the encoder's activations (skip connections). Residual blocks use GroupNorm and
 scale-shift conditioning on the time/class embedding (Dhariwal & Nichol 2021, "AdaGN").
+With ``patch_size`` p > 1 the network sees each p x p block of pixels as one position of p^2 C
+channels (``pixel_unshuffle`` at the stem, ``pixel_shuffle`` after the output convolution), so
+every level runs at 1/p of the resolution: the fp32 recipe's way to halve the FLOPs per image.
 """
 from __future__ import annotations
 
