@@ -204,6 +204,12 @@ def test_progress_prints_a_plain_line_every_few_percent_off_a_terminal():
     progress.update(1, 30.0)
     progress.update(2, 61.0)
     assert len(timed.getvalue().splitlines()) == 2 and "100%" in timed.getvalue()
+    counted = io.StringIO()  # another phase names itself and what it counts
+    progress = Progress(1000, None, stream=counted, every_percent=25, label="sample", unit="image")
+    for done in (250, 500, 750, 1000):
+        progress.update(done, 0.3 * done)
+    lines = counted.getvalue().splitlines()
+    assert len(lines) == 4 and lines[0] == "sample:  25% image 250 1.2 min"
 
 
 def _imports(path: Path, modules) -> set[str]:

@@ -107,10 +107,17 @@ def cmd_sample(args) -> int:
     model.denoiser.to(distributed.init(model.device))
     start, count = distributed.shard(args.n, args.batch_size)  # whole batches: bit-exact
     started = time.perf_counter()
+    from difflab.progress import Progress
+
+    progress = Progress(count, None, label="sample", unit="image", every_percent=10) \
+        if distributed.is_main() else None  # rank 0's share stands for all
     part = model.generate(count, args.steps, args.sampler, args.guidance, args.seed,
                           grid=args.grid, class_label=args.class_label,
-                          batch_size=args.batch_size, start=start, **options) if count else \
+                          batch_size=args.batch_size, start=start,
+                          progress=progress and progress.update, **options) if count else \
         torch.empty((0, *model.shape.item), device=model.device)
+    if progress is not None:
+        progress.close()
     images = distributed.gather(part, args.n, args.batch_size)
     if images is None:  # ranks > 0: rank 0 writes
         return 0
@@ -158,8 +165,12 @@ def cmd_eval(args) -> int:
             raise MetricsError(f"{path}: the run makes images of shape {model.shape.item}; "
                                f"{args.ref} needs {(channels, size, size)}")
         n = args.n or 1000
-        print(f"sampling {n} images from {path} ...", file=sys.stderr, flush=True)
-        images = model.generate(n, args.steps, args.sampler, args.guidance, args.seed).cpu()
+        from difflab.progress import Progress
+
+        progress = Progress(n, None, label="sample", unit="image", every_percent=10)
+        images = model.generate(n, args.steps, args.sampler, args.guidance, args.seed,
+                                progress=progress.update).cpu()
+        progress.close()
     else:
         images = ev.load_samples(path, dataset, args.n)
     result = ev.evaluate_images(images, args.ref, args.data_dir, args.inception_weights,
