@@ -7,8 +7,8 @@
 - Samples come from a ``.npz``/``.npy`` file (key ``samples``; float in [0, 1] or uint8; NCHW, or
   NHWC when unambiguous), a folder of images, or a checkpoint (run directory), which is sampled.
 - The floor: FID/KID of N real images of the *other* split of the same data set against the
-  reference (drawn from its first max(10,000, N) images). FID is biased upward at small N (Chong & Forsyth 2020), so a model's FID means
-  little without the floor at the same N.
+  reference (drawn from its first max(10,000, N) images). FID is biased upward at small N
+  (Chong & Forsyth 2020), so a model's FID means little without the floor at the same N.
 - Two feature spaces where difflab ships two networks (MNIST: ``SECOND_FEATURES``): every metric
   is computed in both, the second under the prefix ``alt_``, so that a recipe choice made on one
   network can be checked on another it was not tuned on.
