@@ -130,7 +130,7 @@ def autocast(device: torch.device, precision: str):
 def fast_layout(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``module`` with its 4-D (convolution) weights in channels-last layout on a CPU, where
     oneDNN then runs the convolutions with activations in that layout too: for the MNIST U-Nets
-    a training step is 1.1-1.2x and a sampling forward pass 1.5-1.7x as fast as in the default
+    a training step is 1.0-1.1x and a sampling forward pass 1.5-1.6x as fast as in the default
     layout (``benchmarks/generative/cpu_speed.py``). Elsewhere the module is left as it is.
     Same arithmetic up to float rounding; checkpoints store the weights contiguous either way."""
     if device.type == "cpu":
