@@ -279,7 +279,8 @@ def test_horizontal_flips_mirror_a_keyed_half_and_leave_the_rest_of_the_batch(tm
 def test_cifar10_recipe_sits_under_config_file_flags_and_set(tmp_path):
     from difflab.cli import build_parser
     from difflab.cli.train import train_config
-    from difflab.config import RECIPES, TrainConfig, recipe
+    from difflab.config import TrainConfig
+    from difflab.recipes import RECIPES, recipe
 
     assert recipe("mnist") == TrainConfig()
     cifar = recipe("cifar10")
@@ -314,7 +315,8 @@ def test_cifar10_recipe_sits_under_config_file_flags_and_set(tmp_path):
 def test_fp32_recipe_goes_on_top_where_training_runs_in_fp32():
     from difflab.cli import build_parser
     from difflab.cli.train import train_config
-    from difflab.config import FP32_RECIPES, TrainConfig, recipe
+    from difflab.config import TrainConfig
+    from difflab.recipes import FP32_RECIPES, recipe
 
     assert recipe("mnist", "bf16") == TrainConfig()
     fp32 = recipe("mnist", "fp32")

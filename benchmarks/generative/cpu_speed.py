@@ -28,7 +28,8 @@ def arms(extra: list[str]):
     """(name, config, channels-last) of every arm: the two recipes' networks in both layouts,
     then each ``--arm`` (overrides on the fp32 recipe, e.g. "net.channel_mult=[2,3]"),
     channels-last."""
-    from difflab.config import parse_overrides, recipe, update, validate
+    from difflab.config import parse_overrides, update, validate
+    from difflab.recipes import recipe
 
     out = [("AMX recipe's U-Net, default layout", recipe("mnist", "bf16"), False),
            ("AMX recipe's U-Net, channels-last", recipe("mnist", "bf16"), True),

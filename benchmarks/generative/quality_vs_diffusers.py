@@ -123,7 +123,8 @@ def sample_diffusers(model, n: int, seed: int, steps: int = 50) -> torch.Tensor:
 
 
 def main() -> None:
-    from difflab.config import recipe, update
+    from difflab.config import update
+    from difflab.recipes import recipe
     from difflab.data import load_dataset
     from difflab.evaluation.evaluate import evaluate_images
     from difflab.runs import finish_run, load

@@ -64,7 +64,7 @@ def add_train_parser(sub) -> None:
 
 def train_config(args):
     """The TrainConfig of ``difflab train`` arguments: the data set's recipe for the precision
-    it will train in (``config.recipe``; a resumed run's own saved config instead), then
+    it will train in (``recipes.recipe``; a resumed run's own saved config instead), then
     --config, then flags, then --set; validated.
 
     Every value is checked on the plain recipe first, without torch, so that a bad value
@@ -74,7 +74,8 @@ def train_config(args):
     directory the run was trained with): a location, not part of the run."""
     import os
 
-    from difflab.config import ConfigError, load_file, parse_overrides, recipe, update, validate
+    from difflab.config import ConfigError, load_file, parse_overrides, update, validate
+    from difflab.recipes import recipe
     from difflab.data import ENV_VAR
 
     from_file = load_file(args.config) if args.config else {}
